@@ -1,0 +1,101 @@
+"""``instrument()`` / ``uninstrument()``: the composition root that applies the patch table.
+
+This is the only module that knows both the settings and the table; the mechanism
+(:mod:`ctxrelay.relay`), the spans and the patching machinery know neither.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+from opentelemetry.trace import TracerProvider
+
+from ctxrelay import config, patching, relay, spans, table
+
+__all__ = ["instrument", "is_instrumented", "uninstrument"]
+
+_lock = threading.RLock()
+_selected: frozenset[str] | None = None
+
+
+def _select(
+    settings: config.Settings, include: Iterable[str] | None, exclude: Iterable[str] | None
+) -> frozenset[str]:
+    known = table.names()
+    chosen = set(known if include is None else include)
+    if include is None and settings.include is not None:
+        chosen = set(settings.include)
+    chosen -= set(settings.exclude if exclude is None else exclude)
+    unknown = chosen - set(known)
+    if unknown:
+        raise ValueError(
+            f"ctxrelay.instrument(): unknown runners/buses {sorted(unknown)}; "
+            f"allowed values: {sorted(known)}"
+        )
+    return frozenset(chosen)
+
+
+def instrument(
+    *,
+    tracer_provider: TracerProvider | None = None,
+    spans: bool | None = None,
+    listener_spans: bool | None = None,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    skip_vars: Iterable[str] | None = None,
+    detach: Iterable[str] | None = None,
+) -> None:
+    """Patch every runner and bus so work handed to another thread keeps its context.
+
+    Idempotent and thread-safe: calling it again only changes the settings (and the
+    patched set, if ``include``/``exclude`` changed).  Arguments left as ``None`` come
+    from the ``CTXRELAY_*`` environment variables (see ``docs/configuration.md``).
+
+    ``spans=False`` gives propagation only; ``tracer_provider`` defaults to the global
+    one (followed lazily, so the application may set it after this call).
+    """
+    global _selected
+    with _lock:
+        settings = config.from_env(known=table.names())
+        _configure_spans(
+            tracer_provider,
+            settings.hop_spans if spans is None else spans,
+            settings.listener_spans if listener_spans is None else listener_spans,
+            settings.detach if detach is None else tuple(detach),
+        )
+        relay.skip_vars(frozenset(settings.skip_vars if skip_vars is None else skip_vars))
+        selected = _select(settings, include, exclude)
+        if selected == _selected:
+            return
+        if _selected is not None:
+            patching.remove_all()
+        patching.apply(p for p in table.patches() if p.name in selected)
+        _selected = selected
+
+
+def _configure_spans(
+    provider: TracerProvider | None, hops: bool, listeners: bool, detach: tuple[str, ...]
+) -> None:
+    spans.configure(
+        tracer_provider=provider,
+        hops=hops,
+        listeners=listeners,
+        detach=config.detach_predicate(detach),
+    )
+
+
+def uninstrument() -> None:
+    """Remove every patch and restore the originals; work in flight finishes normally."""
+    global _selected
+    with _lock:
+        if _selected is None:
+            return
+        patching.remove_all()
+        spans.disable()
+        relay.skip_vars(frozenset())
+        _selected = None
+
+
+def is_instrumented() -> bool:
+    return _selected is not None

@@ -1,0 +1,188 @@
+"""The patch table machinery: apply wrapt wrappers now or when a module is imported,
+and take them off again leaving every class as it was.
+
+A runner or an event bus declares its patches as data (:class:`Patch` entries in its
+module's ``PATCHES``); nothing else in ctxrelay knows where a runner hooks in.
+
+Removal has to survive other patchers.  OpenTelemetry's ``unwrap`` (and anything like
+it) replaces whatever wrapper is *outermost* by its ``__wrapped__``, so a naive scheme
+either strips someone else's wrapper or loses its own.  Here, on removal:
+
+1. if ctxrelay's wrapper is outermost, the original attribute is put back (or deleted,
+   when the class only inherited it);
+2. if another wrapt wrapper sits on top, ctxrelay's is spliced out of the chain by
+   re-pointing that wrapper's ``__wrapped__``;
+3. if neither is possible (a plain function closes over ctxrelay's wrapper), the
+   wrapper stays but is switched off, and a later ``instrument()`` switches it back on
+   instead of stacking a second copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import wrapt
+
+__all__ = ["Patch", "apply", "installed", "remove_all"]
+
+logger = logging.getLogger("ctxrelay")
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One wrapper: ``wrapper`` goes around ``module``'s attribute at dotted ``path``.
+
+    ``name`` is the runner or bus it belongs to (``CTXRELAY_INCLUDE``/``_EXCLUDE`` use
+    it); ``applies`` guards version-specific entries.
+    """
+
+    name: str
+    module: str
+    path: str
+    wrapper: Wrapper
+    applies: Callable[[], bool] = _always
+
+
+class _Switch:
+    """wrapt's ``enabled=`` flag: a switched-off wrapper calls straight through."""
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = True
+
+    def __bool__(self) -> bool:
+        return self.on
+
+
+@dataclass
+class _Installed:
+    patch: Patch
+    owner: Any
+    attr: str
+    original: Any
+    had_own: bool
+    proxy: wrapt.FunctionWrapper
+    switch: _Switch
+
+
+_lock = threading.RLock()
+_wanted: dict[str, list[Patch]] = {}  # module name -> patches waiting for / applied to it
+_installed: dict[Patch, _Installed] = {}
+_parked: dict[Patch, _Installed] = {}  # switched off, still somewhere in a chain
+_hooked_modules: set[str] = set()
+_active = False
+
+
+def installed() -> list[Patch]:
+    """The patches currently in force."""
+    with _lock:
+        return list(_installed)
+
+
+def apply(patches: Iterable[Patch]) -> None:
+    """Install each patch now if its module is loaded, else when it is imported."""
+    global _active
+    with _lock:
+        _active = True
+        for patch in patches:
+            if not patch.applies():
+                continue
+            _wanted.setdefault(patch.module, []).append(patch)
+            if patch.module in sys.modules:
+                _install(patch)
+            elif patch.module not in _hooked_modules:
+                # wrapt has no way to unregister a hook: register once per module, and
+                # let the hook look at what is wanted when it fires.
+                _hooked_modules.add(patch.module)
+                wrapt.register_post_import_hook(_on_import, patch.module)
+
+
+def _on_import(module: Any) -> None:
+    with _lock:
+        if not _active:
+            return
+        for patch in _wanted.get(module.__name__, ()):
+            if patch not in _installed:
+                _install(patch)
+
+
+def _install(patch: Patch) -> None:
+    try:
+        parked = _parked.pop(patch, None)
+        if parked is not None and _still_in_chain(parked):
+            parked.switch.on = True
+            _installed[patch] = parked
+            return
+        module = sys.modules[patch.module]
+        owner, attr, original = wrapt.resolve_path(module, patch.path)
+        had_own = attr in vars(owner) if isinstance(owner, type) else True
+        switch = _Switch()
+        proxy = wrapt.FunctionWrapper(original, patch.wrapper, enabled=switch)
+        setattr(owner, attr, proxy)
+        _installed[patch] = _Installed(patch, owner, attr, original, had_own, proxy, switch)
+    except Exception:  # a framework changed shape: that runner is skipped, the app runs
+        logger.warning("ctxrelay: could not patch %s.%s", patch.module, patch.path, exc_info=True)
+
+
+def _current(inst: _Installed) -> Any:
+    if isinstance(inst.owner, type):
+        return inst.owner.__dict__.get(inst.attr)
+    return getattr(inst.owner, inst.attr, None)
+
+
+def _still_in_chain(inst: _Installed) -> bool:
+    node = _current(inst)
+    for _ in range(64):
+        if node is inst.proxy:
+            return True
+        if not isinstance(node, wrapt.ObjectProxy):
+            return False
+        node = node.__wrapped__
+    return False
+
+
+def remove_all() -> None:
+    """Take every ctxrelay wrapper off; stop patching modules imported from now on."""
+    global _active
+    with _lock:
+        _active = False
+        for inst in list(_installed.values()):
+            _remove(inst)
+        _installed.clear()
+        _wanted.clear()
+
+
+def _remove(inst: _Installed) -> None:
+    inst.switch.on = False  # first, so calls already past the lookup pass straight through
+    current = _current(inst)
+    if current is inst.proxy:
+        if inst.had_own:
+            setattr(inst.owner, inst.attr, inst.original)
+        else:
+            delattr(inst.owner, inst.attr)
+        return
+    node = current
+    for _ in range(64):
+        if not isinstance(node, wrapt.ObjectProxy):
+            break
+        inner = node.__wrapped__
+        if inner is inst.proxy:
+            try:
+                node.__wrapped__ = inst.original
+                return
+            except (AttributeError, TypeError):
+                break
+        node = inner
+    # Someone holds our wrapper where it cannot be reached: leave it, switched off.
+    _parked[inst.patch] = inst

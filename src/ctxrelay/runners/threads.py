@@ -1,0 +1,137 @@
+"""``threading.Thread`` and ``threading.Timer``: carry the context of whoever calls ``start()``.
+
+Read against ``threading.py`` of CPython 3.10-3.13 (and 3.14's ``Thread(context=)``).
+
+Why these hook points, and not ``Thread.start``/``Thread.run``:
+
+* The code that runs in the new thread is ``Thread._bootstrap_inner``; it calls
+  ``self.run()``, whatever a subclass made of it (``Timer`` and user subclasses
+  override ``run`` without calling ``super()``: wrapping ``Thread.run`` misses them).
+* The hand-over happens inside ``start()``, which calls the module global
+  ``_start_new_thread`` (3.10-3.12) or ``_start_joinable_thread`` (3.13+) with
+  ``self._bootstrap``; wrapping that global sees every started thread, in the caller.
+* OpenTelemetry's threading instrumentor and Sentry patch ``Thread.start``/``run``;
+  OpenTelemetry's ``unwrap`` strips whatever is outermost there.  Hooking elsewhere
+  keeps ctxrelay and them independent in any order.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+from ctxrelay import relay, spans
+from ctxrelay.patching import Patch
+
+NAME = "threading"
+
+#: Where the capture for a thread waits between ``start()`` and its first instruction.
+_CARRIED = "_ctxrelay_carried"
+#: 3.14+: set when ``Thread(context=...)`` was given explicitly (it wins).
+_EXPLICIT = "_ctxrelay_explicit_context"
+
+_HAS_THREAD_CONTEXT = sys.version_info >= (3, 14)
+
+
+def needs_carry(*, has_thread_context: bool, explicit_context: bool, inherit_flag: bool) -> bool:
+    """Whether ctxrelay must put a copy of the caller's context into a starting thread.
+
+    Before 3.14 always.  On 3.14+ ``start()`` already copies the caller's context when
+    ``sys.flags.thread_inherit_context`` is on, and an explicit ``context=`` wins: in
+    both cases ctxrelay only records the hop span (no second copy).
+    """
+    if not has_thread_context:
+        return True
+    return not explicit_context and not inherit_flag
+
+
+def runner_of(thread: threading.Thread) -> str:
+    return "Timer" if isinstance(thread, threading.Timer) else "Thread"
+
+
+def _capture_at_start(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Around ``_start_new_thread(self._bootstrap, ())``: runs in the caller of ``start()``."""
+    function = args[0] if args else kwargs.get("function")
+    thread = getattr(function, "__self__", None)
+    if not isinstance(thread, threading.Thread) or relay.thread_is_exempt(thread):
+        return wrapped(*args, **kwargs)
+    try:
+        carry = needs_carry(
+            has_thread_context=_HAS_THREAD_CONTEXT,
+            explicit_context=bool(thread.__dict__.pop(_EXPLICIT, False)),
+            inherit_flag=bool(getattr(sys.flags, "thread_inherit_context", False)),
+        )
+        context = relay.capture() if carry else None
+        if _HAS_THREAD_CONTEXT and context is not None:
+            # 3.14's _bootstrap_inner runs self.run() inside self._context, which
+            # start() has just set to an empty Context(): replace it by the copy.
+            thread._context = context  # type: ignore[attr-defined]
+            context = None
+        thread.__dict__[_CARRIED] = (context, spans.hand_over(runner_of(thread)))
+    except Exception:  # pragma: no cover - defensive: the thread still starts
+        thread.__dict__.pop(_CARRIED, None)
+    try:
+        return wrapped(*args, **kwargs)
+    except BaseException:
+        thread.__dict__.pop(_CARRIED, None)  # "can't start new thread": let go of it
+        raise
+
+
+def _run_in_carried(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Around ``Thread._bootstrap_inner``: runs in the new thread, before anything else."""
+    carried = instance.__dict__.pop(_CARRIED, None) if instance is not None else None
+    if carried is None:  # started before instrument(), or exempt (a pool's worker)
+        return wrapped(*args, **kwargs)
+    context, hop = carried
+    del carried
+    if hop is not None:
+        _record_run(instance, hop, context)
+    if context is None:
+        return wrapped(*args, **kwargs)
+    return context.run(wrapped, *args, **kwargs)
+
+
+def _record_run(thread: threading.Thread, hop: spans.Hop, context: Any) -> None:
+    """Put a span around this thread's ``run()`` for its lifetime.
+
+    ``_bootstrap_inner`` hands exceptions from ``run()`` to ``threading.excepthook``,
+    so the span must sit around ``run()`` itself to see them: the bound ``run`` is
+    shadowed on the instance (whatever a subclass made of it) and put back after.
+    """
+    run = thread.run
+    target = thread.__dict__.get("_target") or run
+    name = thread.name
+    had_own = "run" in thread.__dict__
+    size = len(context) if context is not None else None
+
+    def run_with_span() -> None:
+        try:
+            relay.run_hop(hop, run, (), {}, size, name, target)
+        finally:
+            if had_own:
+                thread.__dict__["run"] = run
+            else:
+                thread.__dict__.pop("run", None)
+
+    try:
+        thread.__dict__["run"] = run_with_span
+    except Exception:  # pragma: no cover - a class without an instance __dict__
+        pass
+
+
+def _mark_explicit_context(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """3.14+: remember whether ``context=`` was passed; ``start()`` hides it later."""
+    result = wrapped(*args, **kwargs)
+    if kwargs.get("context") is not None and instance is not None:
+        instance.__dict__[_EXPLICIT] = True
+    return result
+
+
+_START = "_start_joinable_thread" if hasattr(threading, "_start_joinable_thread") else "_start_new_thread"
+
+PATCHES = (
+    Patch(NAME, "threading", _START, _capture_at_start),
+    Patch(NAME, "threading", "Thread._bootstrap_inner", _run_in_carried),
+    Patch(NAME, "threading", "Thread.__init__", _mark_explicit_context, applies=lambda: _HAS_THREAD_CONTEXT),
+)

@@ -1,0 +1,222 @@
+"""Span names, attribute keys and the life of a hop span: the one place they are defined.
+
+A *hop* is one piece of work handed from an origin thread to another thread.  Its span
+is decided at hand-over (in the origin thread) and started when the work starts (in
+the target thread), as a child of the span that was current at hand-over.
+
+Cost matters here: :func:`hand_over` runs on every ``submit``/``start``, so it returns
+``None`` (and nothing else is allocated) whenever the span would not be recorded —
+spans switched off, no active span, an unsampled parent, or instrumentation suppressed
+(the OpenTelemetry SDK suppresses it while it exports, which is what keeps exporter
+threads from producing spans about themselves).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import Any, Callable
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+try:  # semantic conventions >= 0.54b0 have the stable code.* names
+    from opentelemetry.semconv.attributes.code_attributes import CODE_FUNCTION_NAME
+except ImportError:  # pragma: no cover - older semconv releases
+    from opentelemetry.semconv._incubating.attributes.code_attributes import (
+        CODE_FUNCTION_NAME,
+    )
+from opentelemetry.semconv._incubating.attributes.thread_attributes import (
+    THREAD_ID,
+    THREAD_NAME,
+)
+
+from ctxrelay.version import __version__
+
+__all__ = [
+    "ATTR_CONTEXT_VARS",
+    "ATTR_DETACHED",
+    "ATTR_ORIGIN_THREAD_ID",
+    "ATTR_ORIGIN_THREAD_NAME",
+    "ATTR_QUEUE_WAIT_MS",
+    "ATTR_RUNNER",
+    "CODE_FUNCTION_NAME",
+    "THREAD_ID",
+    "THREAD_NAME",
+    "Hop",
+    "callable_name",
+    "hand_over",
+]
+
+# --- attribute keys (listed in docs/spans.md) ---------------------------------------
+ATTR_RUNNER = "ctxrelay.runner"
+ATTR_ORIGIN_THREAD_ID = "ctxrelay.origin.thread.id"
+ATTR_ORIGIN_THREAD_NAME = "ctxrelay.origin.thread.name"
+ATTR_QUEUE_WAIT_MS = "ctxrelay.queue.wait_ms"
+ATTR_CONTEXT_VARS = "ctxrelay.context.vars"
+ATTR_DETACHED = "ctxrelay.detached"
+
+# Listener-dispatch attributes (issue: spans for every event-listener dispatch).
+ATTR_BUS = "ctxrelay.bus"
+ATTR_EVENT = "ctxrelay.event"
+ATTR_LISTENER = "ctxrelay.listener"
+ATTR_LISTENERS = "ctxrelay.listeners"
+
+#: Longest string ctxrelay ever puts in an attribute it builds itself.
+MAX_ATTRIBUTE_LENGTH = 256
+
+_SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the SDK's own flag
+
+
+class _Settings:
+    """What :func:`ctxrelay.instrument` chose for spans; read on every hand-over."""
+
+    __slots__ = ("detach", "hops", "listeners", "tracer")
+
+    def __init__(self) -> None:
+        self.hops = False
+        self.listeners = False
+        self.tracer: trace.Tracer = trace.NoOpTracer()
+        #: predicate(runner, fn) -> True to start the hop span in a new trace (linked).
+        self.detach: Callable[[str, Any], bool] | None = None
+
+
+settings = _Settings()
+
+
+def configure(
+    *,
+    tracer_provider: trace.TracerProvider | None,
+    hops: bool,
+    listeners: bool,
+    detach: Callable[[str, Any], bool] | None = None,
+) -> None:
+    """Choose the tracer and which spans are recorded. Called by ``instrument()``."""
+    # get_tracer() on the global provider returns a proxy that follows a provider the
+    # application sets later, so activation at start-up may run before the app's setup.
+    settings.tracer = trace.get_tracer("ctxrelay", __version__, tracer_provider)
+    settings.hops = hops
+    settings.listeners = listeners
+    settings.detach = detach
+
+
+def disable() -> None:
+    """Record nothing (after ``uninstrument()``); work still in flight ends its spans."""
+    settings.hops = False
+    settings.listeners = False
+
+
+def _through_partials(fn: Any) -> Any:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def callable_name(fn: Any) -> str:
+    """``module.qualname`` of what will run, seen through partials and bound methods."""
+    fn = _through_partials(fn)
+    qualname = getattr(fn, "__qualname__", None)
+    if qualname is None:
+        cls = type(fn)
+        qualname = f"{cls.__qualname__}.__call__"
+        module = cls.__module__
+    else:
+        module = getattr(fn, "__module__", None)
+    name = f"{module}.{qualname}" if module else str(qualname)
+    return name[:MAX_ATTRIBUTE_LENGTH]
+
+
+def short_name(fn: Any) -> str:
+    """The last part of the qualified name, for span names."""
+    fn = _through_partials(fn)
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return str(name)[:MAX_ATTRIBUTE_LENGTH]
+
+
+def recording_allowed() -> bool:
+    """False while the OpenTelemetry SDK (or anyone) suppresses instrumentation."""
+    return not otel_context.get_value(_SUPPRESS_KEY)
+
+
+class Hop:
+    """What the origin thread knew at hand-over, kept only when a span will be recorded."""
+
+    __slots__ = ("handed_ns", "origin_id", "origin_name", "runner")
+
+    def __init__(self, runner: str) -> None:
+        self.runner = runner
+        origin = threading.current_thread()
+        self.origin_id = threading.get_ident()
+        self.origin_name = origin.name
+        self.handed_ns = time.perf_counter_ns()
+
+
+def hand_over(runner: str) -> Hop | None:
+    """Called in the origin thread: a :class:`Hop` if a span should be recorded, else None.
+
+    No span is recorded when no span is active at the hand-over: a hop is a step inside
+    a trace, and a server's or a library's own threads would otherwise flood the backend
+    with one-span traces.  Propagation happens either way.
+    """
+    if not settings.hops:
+        return None
+    if not trace.get_current_span().is_recording():
+        # Covers "no active span" (INVALID_SPAN) and an unsampled parent (a
+        # NonRecordingSpan): under a parent-based sampler the hop would not be sampled.
+        return None
+    if otel_context.get_value(_SUPPRESS_KEY):
+        return None
+    return Hop(runner)
+
+
+def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[Span, object]:
+    """Called in the target thread, inside the carried context: start and activate.
+
+    ``thread_name`` comes from the caller because inside ``Thread._bootstrap_inner`` the
+    new thread is not yet registered, and ``threading.current_thread()`` there would
+    create and register a dummy thread object.
+    """
+    now_ns = time.perf_counter_ns()
+    attributes = {
+        ATTR_RUNNER: hop.runner,
+        CODE_FUNCTION_NAME: callable_name(fn),
+        THREAD_ID: threading.get_ident(),
+        THREAD_NAME: thread_name,
+        ATTR_ORIGIN_THREAD_ID: hop.origin_id,
+        ATTR_ORIGIN_THREAD_NAME: hop.origin_name,
+        ATTR_QUEUE_WAIT_MS: (now_ns - hop.handed_ns) / 1e6,
+        ATTR_CONTEXT_VARS: context_vars,
+    }
+    name = f"{hop.runner} {short_name(fn)}"
+    detach = settings.detach
+    if detach is not None and detach(hop.runner, fn):
+        origin = trace.get_current_span().get_span_context()
+        attributes[ATTR_DETACHED] = True
+        span = settings.tracer.start_span(
+            name,
+            context=otel_context.Context(),  # an empty context: a new trace
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=[Link(origin)],
+        )
+    else:
+        span = settings.tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+    token = otel_context.attach(trace.set_span_in_context(span))
+    return span, token
+
+
+def record_failure(span: Span, exc: BaseException) -> None:
+    """ERROR status and an exception event; the exception itself is not touched."""
+    if span.is_recording():
+        span.record_exception(exc, escaped=True)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:MAX_ATTRIBUTE_LENGTH]))
+
+
+def end_hop(span: Span, token: object) -> None:
+    """Deactivate and end; never raises into the work it wrapped."""
+    try:
+        otel_context.detach(token)  # type: ignore[arg-type]
+    finally:
+        span.end()

@@ -45,6 +45,7 @@ def instrument(
     exclude: Iterable[str] | None = None,
     skip_vars: Iterable[str] | None = None,
     detach: Iterable[str] | None = None,
+    record_payloads: bool | None = None,
 ) -> None:
     """Patch every runner and bus so work handed to another thread keeps its context.
 
@@ -63,6 +64,7 @@ def instrument(
             settings.hop_spans if spans is None else spans,
             settings.listener_spans if listener_spans is None else listener_spans,
             settings.detach if detach is None else tuple(detach),
+            settings.record_payloads if record_payloads is None else record_payloads,
         )
         relay.skip_vars(frozenset(settings.skip_vars if skip_vars is None else skip_vars))
         selected = _select(settings, include, exclude)
@@ -75,13 +77,18 @@ def instrument(
 
 
 def _configure_spans(
-    provider: TracerProvider | None, hops: bool, listeners: bool, detach: tuple[str, ...]
+    provider: TracerProvider | None,
+    hops: bool,
+    listeners: bool,
+    detach: tuple[str, ...],
+    record_payloads: bool,
 ) -> None:
     spans.configure(
         tracer_provider=provider,
         hops=hops,
         listeners=listeners,
         detach=config.detach_predicate(detach),
+        record_payloads=record_payloads,
     )
 
 

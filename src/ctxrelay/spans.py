@@ -73,11 +73,13 @@ _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the
 class _Settings:
     """What :func:`ctxrelay.instrument` chose for spans; read on every hand-over."""
 
-    __slots__ = ("detach", "hops", "listeners", "tracer")
+    __slots__ = ("detach", "hops", "listeners", "record_payloads", "tracer")
 
     def __init__(self) -> None:
         self.hops = False
         self.listeners = False
+        #: opt-in (CTXRELAY_RECORD_PAYLOADS): listener spans may describe event payloads.
+        self.record_payloads = False
         self.tracer: trace.Tracer = trace.NoOpTracer()
         #: predicate(runner, fn) -> True to start the hop span in a new trace (linked).
         self.detach: Callable[[str, Any], bool] | None = None
@@ -92,6 +94,7 @@ def configure(
     hops: bool,
     listeners: bool,
     detach: Callable[[str, Any], bool] | None = None,
+    record_payloads: bool = False,
 ) -> None:
     """Choose the tracer and which spans are recorded. Called by ``instrument()``."""
     # get_tracer() on the global provider returns a proxy that follows a provider the
@@ -100,6 +103,7 @@ def configure(
     settings.hops = hops
     settings.listeners = listeners
     settings.detach = detach
+    settings.record_payloads = record_payloads
 
 
 def disable() -> None:

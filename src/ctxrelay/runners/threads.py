@@ -100,7 +100,8 @@ def _record_run(thread: threading.Thread, hop: spans.Hop, context: Any) -> None:
     shadowed on the instance (whatever a subclass made of it) and put back after.
     """
     run = thread.run
-    target = thread.__dict__.get("_target") or run
+    # Name the span after what the user wrote: the target, a Timer's function, or run().
+    target = thread.__dict__.get("_target") or getattr(thread, "function", None) or run
     name = thread.name
     had_own = "run" in thread.__dict__
     size = len(context) if context is not None else None

@@ -1,0 +1,96 @@
+"""ctxrelay and OpenTelemetry's threading instrumentor, in either order.
+
+OpenTelemetry's ``unwrap`` strips whatever wrapper is outermost on ``Thread.start``,
+``Thread.run`` and ``ThreadPoolExecutor.submit``.  ctxrelay hooks elsewhere, so each
+tool's uninstrument removes only its own patches, whatever the order.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import wrapt
+from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+import ctxrelay
+
+var: contextvars.ContextVar[str] = contextvars.ContextVar("ctxrelay_coexist_var", default="EMPTY")
+PATCHED = [
+    (threading.Thread, "start"),
+    (threading.Thread, "run"),
+    (threading.Thread, "_bootstrap_inner"),
+    (threading.Timer, "run"),
+]
+
+
+def _state() -> list[bool]:
+    import concurrent.futures.thread as pool_module
+
+    flags = [isinstance(owner.__dict__.get(attr), wrapt.ObjectProxy) for owner, attr in PATCHED]
+    flags.append(isinstance(ThreadPoolExecutor.__dict__["submit"], wrapt.ObjectProxy))
+    flags.append(isinstance(pool_module._WorkItem, wrapt.ObjectProxy))
+    return flags
+
+
+def _carried() -> tuple[Any, Any]:
+    def scenario() -> tuple[Any, Any]:
+        var.set("carried")
+        box: list[Any] = []
+        t = threading.Thread(target=lambda: box.append(var.get()))
+        t.start()
+        t.join()
+        with ThreadPoolExecutor(1) as pool:
+            return box[0], pool.submit(var.get).result()
+
+    return contextvars.copy_context().run(scenario)
+
+
+@pytest.fixture
+def otel_threading():
+    instrumentor = ThreadingInstrumentor()
+    yield instrumentor
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
+
+
+ORDERS = {
+    "otel-first, otel-uninstruments-first": ("otel", "ctx", "-otel", "-ctx"),
+    "otel-first, ctx-uninstruments-first": ("otel", "ctx", "-ctx", "-otel"),
+    "ctx-first, otel-uninstruments-first": ("ctx", "otel", "-otel", "-ctx"),
+    "ctx-first, ctx-uninstruments-first": ("ctx", "otel", "-ctx", "-otel"),
+}
+
+
+@pytest.mark.parametrize("order", list(ORDERS.values()), ids=list(ORDERS))
+def test_either_order_keeps_a_working_consistent_state(order, otel_threading) -> None:
+    clean = _state()
+    assert _carried() == ("EMPTY", "EMPTY"), "the loss, before anything is instrumented"
+    steps = {
+        "otel": otel_threading.instrument,
+        "-otel": otel_threading.uninstrument,
+        "ctx": ctxrelay.instrument,
+        "-ctx": ctxrelay.uninstrument,
+    }
+    for step in order:
+        steps[step]()
+        if ctxrelay.is_instrumented():
+            assert _carried() == ("carried", "carried"), f"after {step}"
+        else:
+            assert _carried() == ("EMPTY", "EMPTY"), f"after {step}: ctxrelay is off"
+        if otel_threading.is_instrumented_by_opentelemetry:
+            assert isinstance(threading.Thread.__dict__["start"], wrapt.ObjectProxy)
+    assert _state() == clean, "every class is left as it was"
+
+
+def test_both_on_give_one_hop_span_and_otel_context_in_the_worker(exporter, tracer, otel_threading) -> None:
+    otel_threading.instrument()
+    ctxrelay.instrument()
+    with tracer.start_as_current_span("root"), ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: tracer.start_span("inner").end()).result()
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    # One hop span; OpenTelemetry's own submit wrapper hides the lambda's name.
+    assert [n.split()[0] for n in names] == ["ThreadPoolExecutor", "inner", "root"]

@@ -1,0 +1,178 @@
+"""Hop spans: the tree across threads, their attributes, errors and the quiet cases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from helpers import parent_of, spans_named
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import StatusCode
+
+import ctxrelay
+from ctxrelay import spans
+
+var: contextvars.ContextVar[str] = contextvars.ContextVar("ctxrelay_span_var", default="EMPTY")
+
+
+def _work(tracer: trace.Tracer) -> str:
+    with tracer.start_as_current_span("inner"):
+        return var.get()
+
+
+def test_thread_pool_and_executor_hops_are_children_of_the_origin(exporter, tracer) -> None:
+    ctxrelay.instrument()
+
+    async def in_loop() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _work, tracer)
+        await asyncio.to_thread(_work, tracer)
+
+    def scenario() -> None:
+        var.set("secret-value")
+        with tracer.start_as_current_span("root"):
+            t = threading.Thread(target=_work, args=(tracer,), name="hop-thread")
+            t.start()
+            t.join()
+            with ThreadPoolExecutor(1, thread_name_prefix="hop-pool") as pool:
+                pool.submit(_work, tracer).result()
+            asyncio.run(in_loop())
+
+    contextvars.copy_context().run(scenario)
+
+    root = spans_named(exporter, "root")[0]
+    expected = {"Thread _work": "Thread", "ThreadPoolExecutor _work": "ThreadPoolExecutor",
+                "run_in_executor _work": "run_in_executor", "to_thread _work": "to_thread"}
+    for name, runner in expected.items():
+        (hop,) = spans_named(exporter, name)
+        assert parent_of(hop, exporter) is root
+        assert hop.context.trace_id == root.context.trace_id
+        attrs = dict(hop.attributes)
+        assert attrs[spans.ATTR_RUNNER] == runner
+        assert attrs[spans.CODE_FUNCTION_NAME] == f"{__name__}._work"
+        assert attrs[spans.ATTR_ORIGIN_THREAD_NAME] == "MainThread"
+        assert attrs[spans.ATTR_ORIGIN_THREAD_ID] == threading.main_thread().ident
+        assert attrs[spans.THREAD_ID] != attrs[spans.ATTR_ORIGIN_THREAD_ID]
+        assert attrs[spans.ATTR_QUEUE_WAIT_MS] >= 0
+        assert attrs[spans.ATTR_CONTEXT_VARS] >= 2  # our var and OpenTelemetry's own
+        assert "secret-value" not in repr(attrs), "ContextVar values are never recorded"
+    names = {dict(s.attributes)[spans.THREAD_NAME] for s in exporter.get_finished_spans()
+             if s.name.endswith(" _work")}
+    assert "hop-thread" in names
+    assert any(n.startswith("hop-pool") for n in names)
+    # The user's span inside the work is a child of the hop, in the worker thread.
+    for inner in spans_named(exporter, "inner"):
+        assert parent_of(inner, exporter).name.endswith(" _work")
+    # asyncio.to_thread already copies: one hop, not a second one from the pool patch.
+    assert not spans_named(exporter, "ThreadPoolExecutor partial")
+
+
+def test_failing_work_gets_error_status_and_exception_event(exporter, tracer) -> None:
+    ctxrelay.instrument()
+
+    def fails() -> None:
+        raise ZeroDivisionError("no")
+
+    with tracer.start_as_current_span("root"), ThreadPoolExecutor(1) as pool:
+        with pytest.raises(ZeroDivisionError, match="no"):
+            pool.submit(fails).result()
+    (hop,) = spans_named(exporter, "ThreadPoolExecutor fails")
+    assert hop.status.status_code is StatusCode.ERROR
+    assert [e.name for e in hop.events] == ["exception"]
+    assert hop.events[0].attributes["exception.type"] == "ZeroDivisionError"
+
+
+def test_failing_thread_and_subclass_record_the_exception(exporter, tracer) -> None:
+    ctxrelay.instrument()
+
+    class Worker(threading.Thread):
+        def run(self) -> None:
+            raise RuntimeError("from run")
+
+    hooked: list[BaseException] = []
+    old = threading.excepthook
+    threading.excepthook = lambda args: hooked.append(args.exc_value)
+    try:
+        with tracer.start_as_current_span("root"):
+            w = Worker(name="sub")
+            w.start()
+            w.join()
+    finally:
+        threading.excepthook = old
+    assert [type(e) for e in hooked] == [RuntimeError], "the thread's excepthook still sees it"
+    (hop,) = spans_named(exporter, "Thread run")
+    assert hop.status.status_code is StatusCode.ERROR
+    assert dict(hop.attributes)[spans.CODE_FUNCTION_NAME].endswith("Worker.run")
+    assert dict(hop.attributes)[spans.THREAD_NAME] == "sub"
+    assert "run" not in w.__dict__, "the instance is left as it was"
+
+
+def test_timer_hop_is_named_timer(exporter, tracer) -> None:
+    ctxrelay.instrument()
+    with tracer.start_as_current_span("root"):
+        t = threading.Timer(0.001, _work, args=(tracer,))
+        t.start()
+        t.join()
+    (hop,) = spans_named(exporter, "Timer _work")
+    assert dict(hop.attributes)[spans.ATTR_RUNNER] == "Timer"
+
+
+def test_no_span_without_an_active_span_but_context_still_carried(exporter) -> None:
+    ctxrelay.instrument()
+
+    def scenario() -> str:
+        var.set("carried")
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(var.get).result()
+
+    assert contextvars.copy_context().run(scenario) == "carried"
+    assert exporter.get_finished_spans() == ()
+
+
+def test_spans_false_propagates_without_spans(exporter, tracer) -> None:
+    ctxrelay.instrument(spans=False)
+    with tracer.start_as_current_span("root"), ThreadPoolExecutor(1) as pool:
+        assert pool.submit(lambda: trace.get_current_span().is_recording()).result()
+    assert [s.name for s in exporter.get_finished_spans()] == ["root"]
+
+
+def test_unsampled_parent_skips_the_span_work() -> None:
+    local = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(local))
+    ctxrelay.instrument(tracer_provider=provider)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("unsampled"):
+        assert spans.hand_over("Thread") is None, "no Hop is even allocated"
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: None).result()
+    assert local.get_finished_spans() == ()
+
+
+def test_sdk_own_threads_produce_no_spans_and_shutdown_does_not_hang(exporter, tracer) -> None:
+    """A batch processor created and flushed while instrumented and inside a span."""
+    ctxrelay.instrument()
+    local = InMemorySpanExporter()
+    provider = TracerProvider()
+    with tracer.start_as_current_span("root"):
+        provider.add_span_processor(BatchSpanProcessor(local, schedule_delay_millis=10))
+        provider.get_tracer("x").start_span("one").end()
+        assert provider.force_flush(5000)
+    provider.shutdown()  # joins the processor's worker thread
+    assert [s.name for s in local.get_finished_spans()] == ["one"]
+    hops = [s for s in exporter.get_finished_spans() if spans.ATTR_RUNNER in (s.attributes or {})]
+    assert hops == [], [h.name for h in hops]
+
+
+def test_attribute_values_are_bounded() -> None:
+    def fn() -> None: ...
+
+    fn.__qualname__ = "x" * 10_000
+    assert len(spans.callable_name(fn)) <= spans.MAX_ATTRIBUTE_LENGTH

@@ -89,7 +89,12 @@ def _run_in_carried(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
         _record_run(instance, hop, context)
     if context is None:
         return wrapped(*args, **kwargs)
-    return context.run(wrapped, *args, **kwargs)
+    try:
+        return context.run(wrapped, *args, **kwargs)
+    finally:
+        # An excepthook that keeps the exception keeps this frame (the traceback's
+        # frames link back to it): it must not pin the carried context.
+        context = None
 
 
 def _record_run(thread: threading.Thread, hop: spans.Hop, context: Any) -> None:

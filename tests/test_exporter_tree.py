@@ -1,0 +1,425 @@
+"""The trace-tree exporter, with the real SDK: what a person reads on stderr.
+
+Assertions are on content and nesting depth, not on exact whitespace.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, format_trace_id
+
+import ctxrelay
+from ctxrelay.config import ConfigWarning
+from ctxrelay.exporters.tree import TreeSpanExporter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- helpers ---------------------------------------------------------------------------
+def _tree_provider(**kwargs) -> tuple[TracerProvider, TreeSpanExporter, io.StringIO]:
+    out = io.StringIO()
+    exporter = TreeSpanExporter(out, **kwargs)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter, out
+
+
+def _collected() -> tuple[trace.Tracer, InMemorySpanExporter]:
+    """A tracer whose finished spans we can feed to the exporter in any order."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    return provider.get_tracer("test"), memory
+
+
+def _trees(text: str) -> list[list[str]]:
+    """Split output into traces (header line first), dropping blank lines."""
+    trees: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("── trace "):
+            trees.append([line])
+        elif line.strip():
+            assert trees, f"span line before any header: {line!r}"
+            trees[-1].append(line)
+    return trees
+
+
+_PREFIX = re.compile(r"^((?:│  |   )*)(?:├─ |└─ )?")
+
+
+def _depth(line: str) -> int:
+    """0 for a root, 1 for its children, ... (each level is a 3-character column)."""
+    match = _PREFIX.match(line)
+    indent = match.group(1)
+    return 0 if match.group(0) == "" else len(indent) // 3 + 1
+
+
+def _find(lines: list[str], needle: str) -> int:
+    hits = [i for i, line in enumerate(lines) if needle in line]
+    assert len(hits) == 1, f"{needle!r} in {hits} of:\n" + "\n".join(lines)
+    return hits[0]
+
+
+def _assert_child(lines: list[str], parent: str, child: str) -> None:
+    """``child`` is printed under ``parent``, exactly one level deeper."""
+    p, c = _find(lines, parent), _find(lines, child)
+    assert c > p and _depth(lines[c]) == _depth(lines[p]) + 1, "\n".join(lines)
+    assert all(_depth(lines[i]) > _depth(lines[p]) for i in range(p + 1, c)), "\n".join(lines)
+
+
+def _scenario(tracer: trace.Tracer) -> None:
+    """request (main) → Thread worker-1 → step → pool task → query; one failure."""
+
+    def query() -> None:
+        with tracer.start_as_current_span("query"):
+            pass
+
+    def step() -> None:
+        with tracer.start_as_current_span("step"):
+            with ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
+                pool.submit(query).result()
+            with tracer.start_as_current_span("validate"):
+                raise ValueError("bad input")
+
+    def worker() -> None:
+        try:
+            step()
+        except ValueError:
+            pass
+
+    with tracer.start_as_current_span("request"):
+        thread = threading.Thread(target=worker, name="worker-1")
+        thread.start()
+        thread.join()
+
+
+# --- the tree ------------------------------------------------------------------------
+def test_a_trace_across_threads_renders_as_one_tree_with_hops_marked() -> None:
+    provider, _, out = _tree_provider()
+    tracer = provider.get_tracer("test")
+
+    # Without ctxrelay the work in the other threads starts new traces: three trees.
+    _scenario(tracer)
+    without = _trees(out.getvalue())
+    assert len(without) == 3, out.getvalue()
+    assert not any("⇢" in line for tree in without for line in tree)
+
+    out.seek(0)
+    out.truncate()
+    ctxrelay.instrument(tracer_provider=provider)
+    _scenario(tracer)
+
+    (lines,) = _trees(out.getvalue())
+    header = lines[0]
+    assert "6 spans" in header
+    assert re.search(r"threads: MainThread, worker-1, pool_0", header), header
+    assert "2 errors" in header  # validate, and step it escaped from
+    root = lines[_find(lines, "request")]
+    assert _depth(root) == 0 and "[MainThread]" in root
+    hop = lines[_find(lines, "⇢ Thread worker")]
+    assert re.search(r"\[MainThread → worker-1, waited \d+\.\d+ ms\]", hop), hop
+    pool_hop = lines[_find(lines, "⇢ ThreadPoolExecutor query")]
+    assert re.search(r"\[worker-1 → pool_0, waited \d+\.\d+ ms\]", pool_hop), pool_hop
+    _assert_child(lines, "request", "⇢ Thread worker")
+    _assert_child(lines, "⇢ Thread worker", "step")
+    _assert_child(lines, "step", "⇢ ThreadPoolExecutor query")
+    _assert_child(lines, "⇢ ThreadPoolExecutor query", "─ query")
+    _assert_child(lines, "step", "validate")
+    # Every span shows a duration.
+    assert all(re.search(r"\d (ms|s)\b", line) for line in lines[1:]), "\n".join(lines)
+
+
+def test_errors_are_shown_on_the_failing_span_and_counted() -> None:
+    provider, _, out = _tree_provider()
+    tracer = provider.get_tracer("test")
+    ctxrelay.instrument(tracer_provider=provider)
+
+    def fails() -> None:
+        raise KeyError("missing")
+
+    with tracer.start_as_current_span("request"):
+        with ThreadPoolExecutor(1) as pool:
+            with pytest.raises(KeyError):
+                pool.submit(fails).result()
+        # An error status without a description: the recorded exception is shown.
+        with tracer.start_as_current_span("silent") as span:
+            span.record_exception(RuntimeError("from the event"))
+            span.set_status(trace.Status(trace.StatusCode.ERROR))
+
+    (lines,) = _trees(out.getvalue())
+    assert "2 errors" in lines[0]
+    assert "✗ KeyError: 'missing'" in lines[_find(lines, "⇢ ThreadPoolExecutor fails")]
+    assert "✗ RuntimeError: from the event" in lines[_find(lines, "silent")]
+    assert "✗" not in lines[_find(lines, "request")]
+
+
+def test_children_arriving_in_any_order_are_sorted_under_their_parents() -> None:
+    tracer, memory = _collected()
+    with tracer.start_as_current_span("root"):
+        for name in ("first", "second", "third"):
+            with tracer.start_as_current_span(name):
+                with tracer.start_as_current_span(f"{name}.inner"):
+                    pass
+    spans = list(memory.get_finished_spans())
+    root = next(s for s in spans if s.name == "root")
+    others = [s for s in spans if s is not root]
+    random.Random(7).shuffle(others)
+
+    out = io.StringIO()
+    exporter = TreeSpanExporter(out)
+    for span in others:  # one by one, in a shuffled order: nothing printed yet
+        assert exporter.export([span]) is SpanExportResult.SUCCESS
+    assert out.getvalue() == ""
+    exporter.export([root])
+
+    (lines,) = _trees(out.getvalue())
+    names = [line.split("─ ")[-1].split("  ")[0] for line in lines[2:]]
+    assert names == ["first", "first.inner", "second", "second.inner", "third", "third.inner"]
+    for name in ("first", "second", "third"):
+        _assert_child(lines, "root", f"─ {name} ")
+        _assert_child(lines, f"─ {name} ", f"{name}.inner")
+
+
+def test_spans_whose_parent_is_missing_are_shown_not_lost() -> None:
+    tracer, memory = _collected()
+    with tracer.start_as_current_span("root"):
+        with tracer.start_as_current_span("lost-parent") as lost:
+            with tracer.start_as_current_span("orphan"):
+                with tracer.start_as_current_span("orphan.child"):
+                    pass
+    spans = [s for s in memory.get_finished_spans() if s.name != "lost-parent"]
+    lost_id = f"{lost.get_span_context().span_id:016x}"
+
+    out = io.StringIO()
+    TreeSpanExporter(out).export(spans)
+
+    (lines,) = _trees(out.getvalue())
+    assert "3 spans" in lines[0]
+    orphan = lines[_find(lines, "orphan  ")]
+    assert _depth(orphan) == 0
+    assert f"(parent {lost_id} not exported)" in orphan
+    _assert_child(lines, "orphan  ", "orphan.child")
+    assert _find(lines, "root") < _find(lines, "orphan  "), "the real root comes first"
+
+
+def test_a_remote_parent_makes_a_local_root() -> None:
+    """A server span under an incoming traceparent is printed when it ends."""
+    provider, _, out = _tree_provider()
+    remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    ctx = trace.set_span_in_context(NonRecordingSpan(remote))
+    with provider.get_tracer("test").start_as_current_span("GET /items", context=ctx):
+        pass
+    (lines,) = _trees(out.getvalue())
+    assert format_trace_id(0xABC) in lines[0]
+    assert "not exported" not in lines[1]
+
+
+def test_spans_ending_after_their_root_are_printed_at_flush() -> None:
+    provider, exporter, out = _tree_provider()
+    tracer = provider.get_tracer("test")
+    ctxrelay.instrument(tracer_provider=provider)
+    release = threading.Event()
+
+    def background() -> None:
+        release.wait(10)
+        with tracer.start_as_current_span("cleanup"):
+            pass
+
+    with tracer.start_as_current_span("request"):
+        thread = threading.Thread(target=background, name="bg")
+        thread.start()
+    (first,) = _trees(out.getvalue())
+    assert "request" in first[1] and len(first) == 2
+
+    release.set()
+    thread.join()
+    assert len(_trees(out.getvalue())) == 1, "late spans wait for a flush"
+    assert exporter.force_flush()
+    late = _trees(out.getvalue())[1]
+    assert "late spans" in late[0]
+    assert first[0].split(" · ")[0] == late[0].split(" · ")[0], "same trace id"
+    _assert_child(late, "⇢ Thread background", "cleanup")
+
+
+def test_a_trace_whose_root_never_ended_is_printed_at_shutdown() -> None:
+    tracer, memory = _collected()
+    with tracer.start_as_current_span("root"):
+        with tracer.start_as_current_span("done"):
+            pass
+    out = io.StringIO()
+    exporter = TreeSpanExporter(out)
+    exporter.export([s for s in memory.get_finished_spans() if s.name == "done"])
+    assert out.getvalue() == ""
+    exporter.shutdown()
+    (lines,) = _trees(out.getvalue())
+    assert "incomplete" in lines[0] and "not exported" in lines[1]
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.FAILURE
+    exporter.shutdown()  # a second shutdown is harmless
+
+
+# --- bounds, safety, concurrency -------------------------------------------------------
+def _children_of_many_traces(count: int, per_trace: int) -> list[list[ReadableSpan]]:
+    tracer, memory = _collected()
+    for i in range(count):
+        with tracer.start_as_current_span(f"root-{i}"):
+            for j in range(per_trace):
+                with tracer.start_as_current_span(f"child-{i}-{j}"):
+                    pass
+    by_trace: dict[int, list[ReadableSpan]] = {}
+    for span in memory.get_finished_spans():
+        by_trace.setdefault(span.context.trace_id, []).append(span)
+    return list(by_trace.values())
+
+
+def test_memory_is_bounded_by_printing_the_oldest_trace_early() -> None:
+    traces = _children_of_many_traces(3, 2)
+    out = io.StringIO()
+    exporter = TreeSpanExporter(out, max_traces=2)
+    for spans in traces:
+        exporter.export([s for s in spans if not s.name.startswith("root")])
+    (evicted,) = _trees(out.getvalue())
+    assert "printed early: too many traces buffered" in evicted[0]
+    assert "child-0-0" in "\n".join(evicted)
+
+    out = io.StringIO()
+    exporter = TreeSpanExporter(out, max_spans=3)
+    for spans in traces:
+        exporter.export([s for s in spans if not s.name.startswith("root")])
+    assert all("too many spans buffered" in t[0] for t in _trees(out.getvalue()))
+    assert len(_trees(out.getvalue())) == 2
+
+
+def test_spans_over_the_per_trace_cap_are_counted_not_kept() -> None:
+    (spans,) = _children_of_many_traces(1, 5)
+    out = io.StringIO()
+    TreeSpanExporter(out, max_spans_per_trace=3).export(spans)  # root last: ends last
+    (lines,) = _trees(out.getvalue())
+    assert "3 spans" in lines[0] and "3 spans dropped" in lines[0]
+
+
+def test_a_failing_output_never_raises_into_the_sdk() -> None:
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError("disk full")
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(TreeSpanExporter(Broken())))
+    with provider.get_tracer("test").start_as_current_span("root"):
+        pass  # ending the span exports it synchronously: no exception reaches us
+    exporter = TreeSpanExporter(Broken())
+    assert exporter.export(list(_children_of_many_traces(1, 1)[0])) is SpanExportResult.FAILURE
+
+
+def test_ascii_only_streams_get_an_ascii_tree() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii")
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(TreeSpanExporter(stream)))
+    ctxrelay.instrument(tracer_provider=provider)
+    with provider.get_tracer("test").start_as_current_span("root"):
+        thread = threading.Thread(target=lambda: None, name="w")
+        thread.start()
+        thread.join()
+    text = raw.getvalue().decode("ascii")
+    assert ">> Thread <lambda>" in text and "MainThread -> w" in text
+
+
+def test_concurrent_exports_print_each_trace_once_and_whole() -> None:
+    traces = _children_of_many_traces(40, 3)
+    out = io.StringIO()
+    exporter = TreeSpanExporter(out)
+
+    def feed(chunk: list[list[ReadableSpan]]) -> None:
+        for spans in chunk:
+            for span in spans:  # children first, root last: as the SDK delivers them
+                exporter.export([span])
+
+    threads = [threading.Thread(target=feed, args=(traces[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    trees = _trees(out.getvalue())
+    assert len(trees) == 40
+    assert len({t[0].split(" · ")[0] for t in trees}) == 40
+    for tree in trees:
+        assert "4 spans" in tree[0] and len(tree) == 5
+        index = tree[1].split()[0].split("-")[1]
+        assert all(f"child-{index}-" in line for line in tree[2:]), tree
+
+
+# --- selection through the standard OTEL_TRACES_EXPORTER -------------------------------
+def test_the_entry_point_is_what_the_sdk_imports() -> None:
+    from opentelemetry.sdk._configuration import _import_exporters
+
+    (point,) = [e for e in entry_points(group="opentelemetry_traces_exporter") if e.name == "ctxrelay_tree"]
+    assert point.load() is TreeSpanExporter
+    traces, _, _ = _import_exporters(["ctxrelay_tree"], [], [])
+    assert traces == {"ctxrelay_tree": TreeSpanExporter}
+
+
+def test_otel_traces_exporter_selects_it_and_tree_file_redirects_it(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent(
+        """
+        import threading
+        from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+        _OTelSDKConfigurator().configure()  # what opentelemetry-instrument runs
+        import ctxrelay
+        from opentelemetry import trace
+        ctxrelay.instrument()
+        with trace.get_tracer("app").start_as_current_span("main-work"):
+            t = threading.Thread(target=print, args=("hi",), name="printer")
+            t.start(); t.join()
+        trace.get_tracer_provider().shutdown()
+        """
+    ))
+    out_file = tmp_path / "trees.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CTXRELAY_"))}
+    env.update(OTEL_TRACES_EXPORTER="ctxrelay_tree", OTEL_METRICS_EXPORTER="none",
+               OTEL_LOGS_EXPORTER="none", CTXRELAY_TREE_FILE=str(out_file))
+    done = subprocess.run([sys.executable, str(app)], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "── trace" not in done.stderr
+    (lines,) = _trees(out_file.read_text(encoding="utf-8"))
+    _assert_child(lines, "main-work", "⇢ Thread print")
+    assert "MainThread → printer" in lines[2]
+
+    del env["CTXRELAY_TREE_FILE"]  # default: stderr
+    done = subprocess.run([sys.executable, str(app)], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "⇢ Thread print" in done.stderr
+
+
+def test_an_unusable_tree_file_warns_once_and_falls_back_to_stderr(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "no-such-dir" / "trees.txt"
+    exporter = TreeSpanExporter(env={"CTXRELAY_TREE_FILE": str(missing)})
+    spans = _children_of_many_traces(2, 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for trace_spans in spans:
+            assert exporter.export(trace_spans) is SpanExportResult.SUCCESS
+    assert len(caught) == 1 and caught[0].category is ConfigWarning
+    message = str(caught[0].message)
+    assert "CTXRELAY_TREE_FILE" in message and "stderr, stdout" in message
+    assert capsys.readouterr().err.count("── trace") == 2

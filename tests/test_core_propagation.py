@@ -213,14 +213,16 @@ def test_context_freed_while_failed_future_is_still_referenced(spans: bool, trac
     assert ref() is None, "the failed future's traceback pins the captured context"
 
 
-def test_second_call_of_a_relayed_callable_does_not_reenter_the_context() -> None:
+def test_second_call_of_a_relayed_callable_does_not_reenter_the_context(tracer) -> None:
     from ctxrelay import relay
 
-    ctxrelay.instrument(spans=False)
+    ctxrelay.instrument()
 
     def scenario() -> tuple[Any, Any]:
         var.set("captured")
-        relayed = relay.hand_over("test", var.get)
+        with tracer.start_as_current_span("root"):
+            relayed = relay.hand_over("test", var.get)
+        assert type(relayed) is relay.Relayed
         first = relayed()
         var.set("caller")
         return first, relayed()

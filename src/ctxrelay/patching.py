@@ -53,18 +53,6 @@ class Patch:
     applies: Callable[[], bool] = _always
 
 
-class _Switch:
-    """wrapt's ``enabled=`` flag: a switched-off wrapper calls straight through."""
-
-    __slots__ = ("on",)
-
-    def __init__(self) -> None:
-        self.on = True
-
-    def __bool__(self) -> bool:
-        return self.on
-
-
 @dataclass
 class _Installed:
     patch: Patch
@@ -73,7 +61,10 @@ class _Installed:
     original: Any
     had_own: bool
     proxy: wrapt.FunctionWrapper
-    switch: _Switch
+    #: wrapt's ``enabled=`` flag.  A list, not an object with ``__bool__``: wrapt tests
+    #: it on every call and a list's truth is decided in C (a Python ``__bool__`` cost
+    #: ~200 ns per submit).  ``[True]`` is on; cleared, the wrapper calls straight through.
+    switch: list[bool]
 
 
 _lock = threading.RLock()
@@ -121,13 +112,13 @@ def _install(patch: Patch) -> None:
     try:
         parked = _parked.pop(patch, None)
         if parked is not None and _still_in_chain(parked):
-            parked.switch.on = True
+            parked.switch[:] = [True]
             _installed[patch] = parked
             return
         module = sys.modules[patch.module]
         owner, attr, original = wrapt.resolve_path(module, patch.path)
         had_own = attr in vars(owner) if isinstance(owner, type) else True
-        switch = _Switch()
+        switch = [True]
         proxy = wrapt.FunctionWrapper(original, patch.wrapper, enabled=switch)
         setattr(owner, attr, proxy)
         _installed[patch] = _Installed(patch, owner, attr, original, had_own, proxy, switch)
@@ -164,7 +155,7 @@ def remove_all() -> None:
 
 
 def _remove(inst: _Installed) -> None:
-    inst.switch.on = False  # first, so calls already past the lookup pass straight through
+    inst.switch.clear()  # first, so calls already past the lookup pass straight through
     current = _current(inst)
     if current is inst.proxy:
         if inst.had_own:

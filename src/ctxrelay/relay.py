@@ -22,6 +22,7 @@ from contextvars import Context, copy_context
 from typing import Any, Callable, TypeVar
 
 from ctxrelay import spans
+from ctxrelay.spans import settings as _span_settings
 
 __all__ = ["Relayed", "bind", "capture", "hand_over", "run_hop", "thread_is_exempt"]
 
@@ -76,11 +77,12 @@ def runs_in_own_context(fn: Any) -> bool:
 
 
 class Relayed:
-    """``fn`` plus the context captured when it was handed over; runs once, in that copy.
+    """``fn`` plus the captured context and the hop span to record; runs once, in that copy.
 
-    Single use by design: pools call each submitted callable once.  A second call (only
-    possible if someone kept the callable) runs ``fn`` in the caller's context rather
-    than entering a context that may already be in use.
+    Used when a span is recorded (without one, :func:`hand_over` queues a plain
+    ``partial(context.run, fn)``).  Single use: pools call each submitted callable once;
+    a second call (only possible if someone kept the callable) runs ``fn`` in the
+    caller's context rather than entering a context that may already be in use.
     """
 
     __slots__ = ("context", "fn", "hop")
@@ -112,24 +114,43 @@ class Relayed:
 def hand_over(runner: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """Called in the origin thread when ``fn`` is handed to another thread.
 
-    Returns what should be queued instead of ``fn``.  Never raises: if anything here
-    fails, the work is handed over unchanged (propagation lost, application intact).
+    Returns what should be queued instead of ``fn``.  This is the hot path of every
+    ``submit``: with no span to record it costs one context copy and one C-level
+    ``partial(context.run, fn)`` (no Python frame at run time, and nothing of ctxrelay
+    left in a failed task's traceback).  Never raises: if anything here fails, the work
+    is handed over unchanged (propagation lost, application intact).
     """
-    if type(fn) is Relayed:  # an outer patch (run_in_executor) already took care of it
+    kind = type(fn)
+    if kind is Relayed:  # an outer patch (run_in_executor) already took care of it
         return fn
     try:
-        chosen = _context_run_target(fn)
-        if chosen is not None:
+        if kind is _Partial:
+            chosen = _context_run_target(fn)
+            if chosen is not None:
+                return _with_span_only(runner, fn, chosen)
+        context = copy_context()
+        if _skipped_var_names:
+            context = _without_skipped(context)
+        if _span_settings.hops:
             hop = spans.hand_over(runner)
-            if hop is None:
-                return fn  # nothing to add: the caller already carries its context
-            context, target, args, kwargs = chosen
-            # Wrapped in a context-less Relayed so that an inner patch (the pool, after
-            # run_in_executor) sees the work as handled and adds no second span.
-            return Relayed(_Partial(context.run, run_hop, hop, target, args, kwargs, None, None), None, None)
-        return Relayed(fn, capture(), spans.hand_over(runner))
+            if hop is not None:
+                return Relayed(fn, context, hop)
+        return _Partial(context.run, fn)
     except Exception:  # pragma: no cover - defensive: never break the host app
         return fn
+
+
+def _with_span_only(
+    runner: str, fn: Callable[..., Any], chosen: tuple[Context, Any, tuple[Any, ...], dict[str, Any]]
+) -> Callable[..., Any]:
+    """The caller already runs ``fn`` in a context of its choice: add the hop span only."""
+    hop = spans.hand_over(runner)
+    if hop is None:
+        return fn
+    context, target, args, kwargs = chosen
+    # Wrapped in a context-less Relayed so that an inner patch (the pool, after
+    # run_in_executor) sees the work as handled and adds no second span.
+    return Relayed(_Partial(context.run, run_hop, hop, target, args, kwargs, None, None), None, None)
 
 
 def run_hop(

@@ -43,7 +43,9 @@ class Patch:
     """One wrapper: ``wrapper`` goes around ``module``'s attribute at dotted ``path``.
 
     ``name`` is the runner or bus it belongs to (``CTXRELAY_INCLUDE``/``_EXCLUDE`` use
-    it); ``applies`` guards version-specific entries.
+    it); ``applies`` guards version-specific entries; ``on_apply(module)`` runs once the
+    wrapper is in place, when the module is loaded (e.g. to exempt a pool's worker
+    threads from the thread patch without importing the pool's module early).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Patch:
     path: str
     wrapper: Wrapper
     applies: Callable[[], bool] = _always
+    on_apply: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -122,6 +125,8 @@ def _install(patch: Patch) -> None:
         proxy = wrapt.FunctionWrapper(original, patch.wrapper, enabled=switch)
         setattr(owner, attr, proxy)
         _installed[patch] = _Installed(patch, owner, attr, original, had_own, proxy, switch)
+        if patch.on_apply is not None:
+            patch.on_apply(module)
     except Exception:  # a framework changed shape: that runner is skipped, the app runs
         logger.warning("ctxrelay: could not patch %s.%s", patch.module, patch.path, exc_info=True)
 

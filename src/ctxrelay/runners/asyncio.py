@@ -41,6 +41,20 @@ def relay_run_in_executor(wrapped: Any, instance: Any, args: tuple[Any, ...], kw
     return wrapped(*args, **kwargs)
 
 
+def _exempt_shutdown_thread(base_events: Any) -> None:
+    # asyncio.run() ends with shutdown_default_executor(), which joins the pool from a
+    # thread of its own: internal plumbing, not the application's work.
+    shutdown = getattr(base_events.BaseEventLoop, "_do_shutdown", None)
+    if shutdown is not None:
+        relay.exempt_thread_target(shutdown)
+
+
 PATCHES = (
-    Patch(NAME, "asyncio.base_events", "BaseEventLoop.run_in_executor", relay_run_in_executor),
+    Patch(
+        NAME,
+        "asyncio.base_events",
+        "BaseEventLoop.run_in_executor",
+        relay_run_in_executor,
+        on_apply=_exempt_shutdown_thread,
+    ),
 )

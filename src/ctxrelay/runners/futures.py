@@ -44,13 +44,10 @@ def relay_work_item(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
     return wrapped(*args, **kwargs)
 
 
-def _exempt_workers() -> bool:
-    import concurrent.futures.thread as pool_module
-
+def _exempt_workers(pool_module: Any) -> None:
     relay.exempt_thread_target(pool_module._worker)
-    return True
 
 
 PATCHES = (
-    Patch(NAME, "concurrent.futures.thread", "_WorkItem", relay_work_item, applies=_exempt_workers),
+    Patch(NAME, "concurrent.futures.thread", "_WorkItem", relay_work_item, on_apply=_exempt_workers),
 )

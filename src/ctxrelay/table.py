@@ -17,6 +17,7 @@ RUNNERS: tuple[str, ...] = (
     "threads",
     "futures",
     "asyncio",
+    "thread_pool",
 )
 
 #: event-bus modules under ctxrelay.listeners

@@ -34,8 +34,6 @@ import sys
 from contextvars import Context, copy_context
 from typing import Any, Callable, Iterator
 
-import wrapt
-
 from ctxrelay import relay, spans
 from ctxrelay.patching import Patch
 
@@ -120,29 +118,18 @@ class _EachInOwnCopy:
         return copy_context().run(self.fn, *args)
 
 
-_exemption_hooked = False
+def _exempt_pool_threads(pool: Any) -> None:
+    """Exempt the pool's long-lived threads (``on_apply``: when the module is loaded).
 
-
-def _exempt_pool_threads() -> bool:
-    """Exempt the pool's long-lived threads once ``multiprocessing.pool`` is imported.
-
-    A post-import hook, not an import here: instrumenting must not import
-    ``multiprocessing`` (about 20 ms) into applications that never use it.
+    Not at ``instrument()``: importing ``multiprocessing`` costs about 20 ms to
+    applications that never use it.
     """
-    global _exemption_hooked
-    if not _exemption_hooked:
-        _exemption_hooked = True
-        wrapt.register_post_import_hook(_exempt, _MODULE)
-    return True
-
-
-def _exempt(pool: Any) -> None:
     relay.exempt_thread_target(pool.worker)
     for handler in ("_handle_workers", "_handle_tasks", "_handle_results"):
         relay.exempt_thread_target(getattr(pool.Pool, handler))
 
 
 PATCHES = (
-    Patch(NAME, _MODULE, "ThreadPool.apply_async", relay_apply_async, applies=_exempt_pool_threads),
+    Patch(NAME, _MODULE, "ThreadPool.apply_async", relay_apply_async, on_apply=_exempt_pool_threads),
     Patch(NAME, _MODULE, "ThreadPool._guarded_task_generation", relay_task_generation),
 )

@@ -140,13 +140,12 @@ def runners_by_node(forest: tuple[Tree, ...]) -> dict[str, str]:
 
 
 def hand_over_spans(finished) -> list:
-    """Hop spans of the tree's hand-overs.
+    """Every span that is not a node's: the hop spans.
 
-    ``asyncio.run`` ends by shutting the default executor down from a helper thread
-    (``BaseEventLoop._do_shutdown``) started under the node's span: a real hand-over
-    that ctxrelay records, but not one of the tree's.
+    Nothing else may appear: ``asyncio.run``'s executor-shutdown helper thread (started
+    under the node's span) is exempt, like pool workers.
     """
-    return [s for s in finished if not s.name.startswith(("node ", "Thread _do_shutdown"))]
+    return [s for s in finished if not s.name.startswith("node ")]
 
 
 def run_forest(forest: tuple[Tree, ...], tracer: trace.Tracer) -> dict[str, tuple[str, ...]]:

@@ -256,3 +256,33 @@ def thread_is_exempt(thread: threading.Thread) -> bool:
     return isinstance(module, str) and module.startswith("opentelemetry.")
 
 
+# --- threads started on behalf of another runner ------------------------------------
+# Some runners hand work over by starting a thread (a server's thread per request):
+# the thread patch carries the context, and the runner only names the hop.
+_thread_runner = threading.local()
+
+
+class threads_started_as:  # noqa: N801 - used as a context manager, like a function
+    """Name the hop of the threads this thread starts inside the ``with`` block.
+
+    ``with threads_started_as("socketserver"): ...``: their hop spans report that runner
+    instead of ``Thread``.  Propagation itself is the thread patch's, unchanged.
+    """
+
+    __slots__ = ("previous", "runner")
+
+    def __init__(self, runner: str) -> None:
+        self.runner = runner
+        self.previous: str | None = None
+
+    def __enter__(self) -> None:
+        self.previous = getattr(_thread_runner, "name", None)
+        _thread_runner.name = self.runner
+
+    def __exit__(self, *exc: object) -> None:
+        _thread_runner.name = self.previous
+
+
+def thread_runner_name() -> str | None:
+    """The runner named by an enclosing :class:`threads_started_as` in this thread."""
+    return getattr(_thread_runner, "name", None)

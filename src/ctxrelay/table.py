@@ -18,6 +18,7 @@ RUNNERS: tuple[str, ...] = (
     "futures",
     "asyncio",
     "thread_pool",
+    "socketserver",
 )
 
 #: event-bus modules under ctxrelay.listeners

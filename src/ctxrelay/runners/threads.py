@@ -47,6 +47,10 @@ def needs_carry(*, has_thread_context: bool, explicit_context: bool, inherit_fla
 
 
 def runner_of(thread: threading.Thread) -> str:
+    # A runner that starts a thread per piece of work (socketserver) names the hop.
+    named = relay.thread_runner_name()
+    if named is not None:
+        return named
     return "Timer" if isinstance(thread, threading.Timer) else "Thread"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -49,14 +50,29 @@ class Settings:
     problems: tuple[str, ...] = field(default=(), compare=False)
 
 
-def _warn(problems: list[str], message: str) -> None:
+#: (variable, raw value) pairs already warned about.  The settings are read by the
+#: start-up bootstrap, by ``instrument()`` and by the OpenTelemetry instrumentor, maybe
+#: several times: one bad value must still give ONE warning per process, whatever
+#: warning filters the application set (``-W always`` included).
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn(problems: list[str], key: str, raw: str, message: str) -> None:
     problems.append(message)
-    warnings.warn(message, ConfigWarning, stacklevel=3)
+    with _warned_lock:
+        if (key, raw) in _warned:
+            return
+        _warned.add((key, raw))
+    try:
+        warnings.warn(message, ConfigWarning, stacklevel=4)
+    except Exception:  # noqa: BLE001 - "-W error": a typo must still not stop the app
+        pass
 
 
 def _bool(env: Mapping[str, str], key: str, default: bool, problems: list[str]) -> bool:
     raw = env.get(PREFIX + key)
-    if raw is None:
+    if raw is None or not raw.strip():  # ``VAR=`` in a shell or a compose file means unset
         return default
     value = raw.strip().lower()
     if value in _TRUE:
@@ -65,6 +81,8 @@ def _bool(env: Mapping[str, str], key: str, default: bool, problems: list[str]) 
         return False
     _warn(
         problems,
+        key,
+        raw,
         f"ctxrelay: {PREFIX}{key}={raw!r} is not a boolean; allowed values: "
         f"{', '.join(_TRUE + _FALSE[:-1])}. Using the default ({str(default).lower()}).",
     )
@@ -78,38 +96,74 @@ def _names(raw: str | None) -> list[str]:
 
 
 def _known_names(
-    env: Mapping[str, str], key: str, allowed: Iterable[str], problems: list[str]
+    env: Mapping[str, str], key: str, allowed: Iterable[str], problems: list[str], default: str
 ) -> frozenset[str] | None:
+    """The known names in a comma-separated list (case-insensitive); None if unset.
+
+    Unknown names are ignored with a warning; when none is left the variable is
+    ignored as a whole (``default`` says what that means), so a typo in
+    ``CTXRELAY_INCLUDE`` never silently switches every runner off.
+    """
     raw = env.get(PREFIX + key)
     if raw is None:
         return None
+    by_lower = {name.lower(): name for name in allowed}
     names = _names(raw)
-    allowed_set = set(allowed)
-    unknown = [name for name in names if name not in allowed_set]
-    if unknown:
+    known = frozenset(by_lower[name.lower()] for name in names if name.lower() in by_lower)
+    unknown = [name for name in names if name.lower() not in by_lower]
+    if not unknown:
+        return known
+    outcome = "Ignoring the unknown names." if known else f"Using the default ({default})."
+    _warn(
+        problems,
+        key,
+        raw,
+        f"ctxrelay: {PREFIX}{key}={raw!r} names unknown runners/buses {', '.join(unknown)}; "
+        f"allowed values: a comma-separated list of {', '.join(sorted(by_lower.values()))}. {outcome}",
+    )
+    return known or None
+
+
+def _detach_patterns(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:
+    """Glob patterns; a boolean-looking entry is a mistake (DETACH is not an on/off)."""
+    raw = env.get(PREFIX + "DETACH")
+    patterns = _names(raw)
+    booleans = [p for p in patterns if p.lower() in _TRUE + _FALSE]
+    if booleans and raw is not None:
         _warn(
             problems,
-            f"ctxrelay: {PREFIX}{key} names unknown runners/buses {', '.join(unknown)}; "
-            f"allowed values: {', '.join(sorted(allowed_set))}. Ignoring the unknown names.",
+            "DETACH",
+            raw,
+            f"ctxrelay: {PREFIX}DETACH={raw!r} is not an on/off switch; allowed values: a "
+            "comma-separated list of runner names (Thread, Timer, ThreadPoolExecutor, "
+            "run_in_executor, to_thread, ...) or glob patterns over qualified function names "
+            "(myapp.jobs.*). Ignoring "
+            f"{', '.join(booleans)}.",
         )
-    return frozenset(name for name in names if name in allowed_set)
+    return tuple(p for p in patterns if p not in booleans)
 
 
-def from_env(env: Mapping[str, str] | None = None, *, known: Iterable[str] = ()) -> Settings:
-    """Read the ``CTXRELAY_*`` variables; ``known`` lists the valid runner/bus names."""
+def from_env(
+    env: Mapping[str, str] | None = None, *, known: Iterable[str] = (), enabled_default: bool = False
+) -> Settings:
+    """Read the ``CTXRELAY_*`` variables; ``known`` lists the valid runner/bus names.
+
+    ``enabled_default`` is what a bad ``CTXRELAY_ENABLED`` falls back to: off for the
+    ``.pth`` bootstrap, on where ctxrelay is being switched on anyway (``instrument()``).
+    """
     env = os.environ if env is None else env
     problems: list[str] = []
     known = list(known)
-    include = _known_names(env, "INCLUDE", known, problems)
-    exclude = _known_names(env, "EXCLUDE", known, problems) or frozenset()
+    include = _known_names(env, "INCLUDE", known, problems, "all runners and buses")
+    exclude = _known_names(env, "EXCLUDE", known, problems, "none excluded") or frozenset()
     return Settings(
-        enabled=_bool(env, "ENABLED", False, problems),
+        enabled=_bool(env, "ENABLED", enabled_default, problems),
         hop_spans=_bool(env, "HOP_SPANS", True, problems),
         listener_spans=_bool(env, "LISTENER_SPANS", True, problems),
         include=include,
         exclude=exclude,
         skip_vars=frozenset(_names(env.get(PREFIX + "SKIP_VARS"))),
-        detach=tuple(_names(env.get(PREFIX + "DETACH"))),
+        detach=_detach_patterns(env, problems),
         record_payloads=_bool(env, "RECORD_PAYLOADS", False, problems),
         problems=tuple(problems),
     )

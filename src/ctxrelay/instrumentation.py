@@ -58,7 +58,9 @@ def instrument(
     """
     global _selected
     with _lock:
-        settings = config.from_env(known=table.names())
+        # enabled_default: instrument() is switching ctxrelay on, whatever a bad
+        # CTXRELAY_ENABLED says; the warning must not claim "using the default (false)".
+        settings = config.from_env(known=table.names(), enabled_default=True)
         _configure_spans(
             tracer_provider,
             settings.hop_spans if spans is None else spans,

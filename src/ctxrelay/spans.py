@@ -73,7 +73,7 @@ _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the
 class _Settings:
     """What :func:`ctxrelay.instrument` chose for spans; read on every hand-over."""
 
-    __slots__ = ("detach", "hops", "listeners", "record_payloads", "tracer")
+    __slots__ = ("detach", "detach_only", "hops", "listeners", "record_payloads", "tracer")
 
     def __init__(self) -> None:
         self.hops = False
@@ -83,6 +83,10 @@ class _Settings:
         self.tracer: trace.Tracer = trace.NoOpTracer()
         #: predicate(runner, fn) -> True to start the hop span in a new trace (linked).
         self.detach: Callable[[str, Any], bool] | None = None
+        #: Hop spans are off but detaching is on: a Hop is still taken at hand-over
+        #: (the detached span is what carries the link), and only detached work gets
+        #: a span.  Without it, detached work would silently nest under its origin.
+        self.detach_only = False
 
 
 settings = _Settings()
@@ -100,7 +104,8 @@ def configure(
     # get_tracer() on the global provider returns a proxy that follows a provider the
     # application sets later, so activation at start-up may run before the app's setup.
     settings.tracer = trace.get_tracer("ctxrelay", __version__, tracer_provider)
-    settings.hops = hops
+    settings.hops = hops or detach is not None
+    settings.detach_only = not hops and detach is not None
     settings.listeners = listeners
     settings.detach = detach
     settings.record_payloads = record_payloads
@@ -109,6 +114,7 @@ def configure(
 def disable() -> None:
     """Record nothing (after ``uninstrument()``); work still in flight ends its spans."""
     settings.hops = False
+    settings.detach_only = False
     settings.listeners = False
 
 
@@ -175,14 +181,20 @@ def hand_over(runner: str) -> Hop | None:
     return Hop(runner)
 
 
-def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[Span, object]:
+def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[Span | None, object]:
     """Called in the target thread, inside the carried context: start and activate.
+
+    ``(None, None)`` when hop spans are off and this work is not detached.
 
     ``thread_name`` comes from the caller because inside ``Thread._bootstrap_inner`` the
     new thread is not yet registered, and ``threading.current_thread()`` there would
     create and register a dummy thread object.
     """
     now_ns = time.perf_counter_ns()
+    detach = settings.detach
+    detached = detach is not None and detach(hop.runner, fn)
+    if not detached and settings.detach_only:
+        return None, None
     attributes = {
         ATTR_RUNNER: hop.runner,
         CODE_FUNCTION_NAME: callable_name(fn),
@@ -194,8 +206,7 @@ def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[S
         ATTR_CONTEXT_VARS: context_vars,
     }
     name = f"{hop.runner} {short_name(fn)}"
-    detach = settings.detach
-    if detach is not None and detach(hop.runner, fn):
+    if detached:
         origin = trace.get_current_span().get_span_context()
         attributes[ATTR_DETACHED] = True
         span = settings.tracer.start_span(

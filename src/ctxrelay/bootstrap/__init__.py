@@ -1,0 +1,108 @@
+"""Start-up activation: how ctxrelay turns itself on before the application's code runs.
+
+Two ways reach :func:`activate`, both before ``__main__`` starts any thread:
+
+* ``CTXRELAY_ENABLED=1``: ``zz_ctxrelay.pth``, installed into site-packages with the
+  package, is read by :mod:`site` at interpreter start-up.  Its single line checks the
+  variable and imports nothing unless it is set (see ``docs/performance.md``).
+* ``ctxrelay run CMD``: the CLI puts :data:`SITE_DIR` (which holds only a
+  ``sitecustomize.py``) first on ``PYTHONPATH`` and sets :data:`RUN_MARKER`.  Children
+  inherit both, so reloaders and worker processes (``flask run``, ``uvicorn --reload``,
+  multiprocessing "spawn") are activated too.
+
+The third way, ``opentelemetry-instrument``, goes through :mod:`ctxrelay.otel` instead.
+
+Activation never raises into the interpreter's start-up: a failure is one warning on
+stderr and the application runs uninstrumented.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import Callable
+
+__all__ = ["RUN_MARKER", "SITE_DIR", "activate", "activated_by", "configure_sdk"]
+
+logger = logging.getLogger("ctxrelay")
+
+#: Directory holding the ``sitecustomize.py`` that ``ctxrelay run`` puts on PYTHONPATH.
+#: It contains nothing else, so no other module name is shadowed for the application.
+SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
+#: Set by ``ctxrelay run`` in the command's environment (and so in its children).
+RUN_MARKER = "CTXRELAY_RUN"
+
+_FALSE = ("0", "false", "no", "off")
+_lock = threading.Lock()
+_by: str | None = None
+
+
+def activated_by() -> str | None:
+    """``"pth"`` or ``"run"`` once start-up activation has happened, else None."""
+    return _by
+
+
+def _wanted(source: str) -> bool:
+    from ctxrelay import config, table
+
+    if source == "run":
+        # ``ctxrelay run`` means "on"; an explicit CTXRELAY_ENABLED=0 is the kill switch
+        # that lets a deployment turn ctxrelay off without editing its command line.
+        raw = os.environ.get(config.PREFIX + "ENABLED", "")
+        return raw.strip().lower() not in _FALSE
+    # from_env warns once, naming the variable, when CTXRELAY_ENABLED is not a boolean.
+    return config.from_env(known=table.names()).enabled
+
+
+def activate(source: str, *, configure: bool = True) -> bool:
+    """Instrument, then (``configure``) set up the OpenTelemetry SDK from ``OTEL_*``.
+
+    ``source`` is ``"pth"`` or ``"run"``.  Idempotent; True if ctxrelay is now active.
+    The ``run`` bootstrap passes ``configure=False`` and calls :func:`configure_sdk`
+    after the user's own ``sitecustomize``, which may set a tracer provider itself.
+    """
+    global _by
+    with _lock:
+        if _by is not None:
+            return True
+        if not _guarded(source, lambda: _wanted(source)):
+            return False
+        # Patch before the SDK set-up below starts its exporter thread, and before any
+        # code of the application's can start one.
+        if not _guarded(source, _instrument):
+            return False
+        _by = source
+    if configure:
+        configure_sdk()
+    return True
+
+
+def configure_sdk() -> bool:
+    """Configure the SDK from ``OTEL_*`` unless a provider is set; never raises."""
+    if _by is None:
+        return False
+    from ctxrelay import sdk
+
+    return _guarded(_by, sdk.configure_from_env)
+
+
+def _instrument() -> bool:
+    import ctxrelay
+
+    ctxrelay.instrument()
+    return True
+
+
+def _guarded(source: str, step: Callable[[], bool]) -> bool:
+    try:
+        return step()
+    except Exception as exc:  # never take the application down at start-up
+        print(
+            f"ctxrelay: start-up activation ({source}) failed, the application runs "
+            f"without it: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        logger.debug("ctxrelay: activation failed", exc_info=True)
+        return False

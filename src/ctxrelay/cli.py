@@ -1,0 +1,121 @@
+"""The ``ctxrelay`` command: ``ctxrelay run CMD [ARGS...]``, ``--version``, ``--help``.
+
+Subcommands live in :data:`COMMANDS` as ``"module:function"`` strings, imported only
+when chosen (``ctxrelay --version`` stays fast).  A subcommand receives the arguments
+after its name and returns the exit status; adding one is one entry in the table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Callable, NamedTuple, Sequence
+
+from ctxrelay.version import __version__
+
+__all__ = ["COMMANDS", "main", "run"]
+
+
+class Command(NamedTuple):
+    target: str  #: "module:function", the function takes argv and returns the exit status
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command("ctxrelay.cli:run", "run a command with ctxrelay activated in every Python it starts"),
+}
+
+RUN_USAGE = """\
+usage: ctxrelay run [--] CMD [ARGS...]
+
+Run CMD with ctxrelay activated at start-up, like opentelemetry-instrument:
+  ctxrelay run python app.py
+  ctxrelay run python -m mypackage
+  ctxrelay run uvicorn app:app        (any console script of a Python app)
+
+ctxrelay's sitecustomize goes first on PYTHONPATH (your own sitecustomize still runs)
+and CTXRELAY_RUN=1 is set; child Python processes (reloaders, workers) inherit both.
+The OpenTelemetry SDK is configured from the OTEL_* variables unless the app, or
+opentelemetry-instrument, has set a tracer provider.  CTXRELAY_ENABLED=0 turns it off.
+The exit status is CMD's own; 127 if CMD is not found, 126 if it cannot be executed.
+"""
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: ctxrelay [--version] [--help] COMMAND [ARGS...]",
+        "",
+        "Carry contextvars into every thread, pool task and framework runner; trace each hop.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "ctxrelay COMMAND --help shows a command's help."]
+    return "\n".join(lines)
+
+
+def _load(command: Command) -> Callable[[Sequence[str]], int]:
+    module, _, function = command.target.partition(":")
+    return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ctxrelay`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        print(f"ctxrelay {__version__}")
+        return 0
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(f"ctxrelay: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    return _load(command)(args[1:])
+
+
+def run_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The environment ``ctxrelay run`` gives its command."""
+    from ctxrelay.bootstrap import RUN_MARKER, SITE_DIR
+
+    env = dict(environ)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != SITE_DIR]
+    env["PYTHONPATH"] = os.pathsep.join([SITE_DIR, *paths])
+    env[RUN_MARKER] = "1"
+    return env
+
+
+def run(argv: Sequence[str]) -> int:
+    """``ctxrelay run CMD [ARGS...]``: exec CMD (found on PATH) in the bootstrap environment."""
+    args = list(argv)
+    if args and args[0] == "--":
+        args = args[1:]
+    elif args and args[0] in ("-h", "--help"):
+        print(RUN_USAGE)
+        return 0
+    if not args:
+        print(RUN_USAGE, file=sys.stderr)
+        return 2
+    env = run_environment(dict(os.environ))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        # exec replaces this process: signals, the exit status and the pid are CMD's own.
+        os.execvpe(args[0], args, env)
+    except FileNotFoundError:
+        print(f"ctxrelay run: command not found: {args[0]}", file=sys.stderr)
+        return 127
+    except PermissionError as exc:
+        print(f"ctxrelay run: cannot execute {args[0]}: {exc.strerror}", file=sys.stderr)
+        return 126
+    except OSError as exc:
+        print(f"ctxrelay run: cannot execute {args[0]}: {exc}", file=sys.stderr)
+        return 126
+    return 0  # pragma: no cover - execvpe does not return
+
+
+if __name__ == "__main__":  # python -m ctxrelay.cli
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Starlette/FastAPI streaming: a sync iterator keeps one context for its whole life.
+
+Read against starlette 1.10 ``concurrency.py`` (same shape since 0.13) and fastapi
+0.165 ``routing.py``.
+
+``iterate_in_threadpool(iterator)`` (``StreamingResponse`` with a sync iterator,
+FastAPI's sync server-sent-event generators) runs each step as
+``anyio.to_thread.run_sync(_next, iterator)``, each in a fresh copy of the response
+task's context: a value the generator set before its first ``yield`` is gone at the
+second.  ``iterate_in_threadpool`` itself is imported by name into
+``starlette.responses`` and ``fastapi.routing`` (wrapping it would miss them), but it
+looks up the module global ``_next`` at every step: that is wrapped, to run every step
+of one iterator in one context (:func:`ctxrelay.relay.step_in_own_context`).
+
+Everything else Starlette hands to threads (``run_in_threadpool``: sync endpoints,
+background tasks, file I/O) goes through ``anyio.to_thread.run_sync``, which copies per
+call; the anyio runner records those hops.  A server in a background thread
+(``uvicorn.Server(config).run`` as a thread's target) is covered by the thread patch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctxrelay import relay
+from ctxrelay.patching import Patch
+
+NAME = "starlette"
+
+
+def keep_iterator_context(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Around ``_next(iterator)``; runs in the worker thread."""
+    if len(args) == 1 and not kwargs:
+        return relay.step_in_own_context(wrapped, args[0])
+    return wrapped(*args, **kwargs)
+
+
+PATCHES = (Patch(NAME, "starlette.concurrency", "_next", keep_iterator_context),)

@@ -1,0 +1,73 @@
+"""Real ASGI servers for the runner tests: uvicorn in a background thread, as Gradio does.
+
+Starlette's ``TestClient`` is not used on purpose: its portal copies the caller's
+context into the app, which hides exactly the loss these tests are about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+
+#: Bound for every wait on a server (start, stop); never reached when things work.
+SERVER_TIMEOUT_S = 15.0
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", b"127.0.0.1", b"localhost"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(app: Any) -> Iterator[str]:
+    """Serve ``app`` from ``uvicorn.Server(config).run`` in a new thread; yield its URL.
+
+    The thread is started by the caller's thread, so it inherits (with ctxrelay) the
+    caller's context at this moment, like ``demo.launch()`` in Gradio.
+    """
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + SERVER_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.005)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(SERVER_TIMEOUT_S)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture
+def no_internet(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Refuse (and record) any name lookup that is not the loopback interface.
+
+    Gradio has telemetry, update checks and share tunnels: a test must neither reach
+    the internet nor hang waiting for it.  Tests assert the returned list is empty.
+    """
+    attempts: list[Any] = []
+    real = socket.getaddrinfo
+
+    def local_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in _LOCAL_HOSTS:
+            attempts.append(host)
+            raise socket.gaierror(f"test: no internet (tried {host!r})")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+    return attempts

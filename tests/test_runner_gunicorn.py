@@ -1,6 +1,6 @@
 """gunicorn's gthread worker: requests run in a ``ThreadPoolExecutor``; covered by futures.
 
-Read against gunicorn 23-27 ``gunicorn/workers/gthread.py``: the worker's main thread
+Read against gunicorn 27 ``gunicorn/workers/gthread.py``: the worker's main thread
 accepts connections and calls ``self.tpool.submit(self.handle, conn)`` (``enqueue_req``),
 so each request is one pool task, handed over from the worker's main thread.
 

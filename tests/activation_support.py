@@ -38,7 +38,8 @@ def probe(label="probe"):
 
     def work(key):
         ctx = trace.get_current_span().get_span_context()
-        seen[key] = {"request_id": REQUEST.get(), "trace_id": format(ctx.trace_id, "032x")}
+        calls = seen.get(key, {}).get("calls", 0) + 1
+        seen[key] = {"request_id": REQUEST.get(), "trace_id": format(ctx.trace_id, "032x"), "calls": calls}
 
     with tracer.start_as_current_span("request") as span:
         REQUEST.set("r-42")
@@ -166,7 +167,9 @@ def carried(report: Mapping[str, Any]) -> bool:
     """True when both workers saw the request's ContextVar and its trace."""
     seen = report["seen"]
     return all(
-        seen[key]["request_id"] == "r-42" and seen[key]["trace_id"] == report["root_trace"]
+        seen[key]["request_id"] == "r-42"
+        and seen[key]["trace_id"] == report["root_trace"]
+        and seen[key]["calls"] == 1  # the work ran exactly once
         for key in ("thread", "pool")
     )
 

@@ -34,8 +34,15 @@ phoenix: $(PHOENIX_STAMP)
 test: venv phoenix
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The same app twice: without ctxrelay (listeners lost in other threads), then with it
+# (all there; the trace trees go to stderr at exit).  Ends by itself in a few seconds.
 demo: venv
-	$(BIN)/python examples/griptape_threads.py
+	@echo "=== 1/2 without ctxrelay: python examples/demo_app.py"
+	@CTXRELAY_ENABLED=0 $(BIN)/python examples/demo_app.py
+	@echo
+	@echo "=== 2/2 with ctxrelay: ctxrelay run python examples/demo_app.py  (OTEL_TRACES_EXPORTER=ctxrelay_tree)"
+	@OTEL_TRACES_EXPORTER=ctxrelay_tree OTEL_SERVICE_NAME=ctxrelay-demo \
+		$(BIN)/ctxrelay run $(BIN)/python examples/demo_app.py
 
 bench: venv
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

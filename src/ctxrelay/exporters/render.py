@@ -158,10 +158,10 @@ def _line(span: ReadableSpan, tree: _Tree, is_root: bool) -> str:
             details.append("detached: new trace")
         parts.append(f"{HOP} {span.name}  {_duration(span)}  [{', '.join(details)}]")
     elif ATTR_BUS in attrs or ATTR_EVENT in attrs:
-        details = [str(attrs[k]) for k in (ATTR_BUS, ATTR_EVENT) if k in attrs]
-        if ATTR_LISTENERS in attrs:
-            details.append(f"listeners: {attrs[ATTR_LISTENERS]}")
-        parts.append(f"{LISTENER} {span.name}  {_duration(span)}  [{', '.join(details)}]")
+        # The span name already says bus and event; how many listeners were there is
+        # the question this whole tree exists to answer.
+        count = f"  [listeners: {attrs[ATTR_LISTENERS]}]" if ATTR_LISTENERS in attrs else ""
+        parts.append(f"{LISTENER} {span.name}  {_duration(span)}{count}")
     else:
         parts.append(f"{span.name}  {_duration(span)}")
         if is_root and thread is not None:

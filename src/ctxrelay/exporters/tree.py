@@ -129,7 +129,7 @@ class TreeSpanExporter(SpanExporter):
     # --- buffering (called with self._lock held) -----------------------------------------
     def _add(self, spans: Sequence[ReadableSpan]) -> list[tuple[int, _Pending, str]]:
         ready: list[tuple[int, _Pending, str]] = []
-        touched: list[int] = []
+        finished: list[int] = []  # in the order their roots ended: the order printed
         for span in spans:
             trace_id = span.context.trace_id
             pending = self._pending.get(trace_id)
@@ -145,10 +145,10 @@ class TreeSpanExporter(SpanExporter):
                 self._held += 1
             if _is_local_root(span):
                 pending.root_ended = True
-            touched.append(trace_id)
+                finished.append(trace_id)
             while self._held > self._max_spans and len(self._pending) > 1:
                 ready.append(self._pop_oldest("printed early: too many spans buffered"))
-        for trace_id in touched:
+        for trace_id in finished:
             pending = self._pending.get(trace_id)
             if pending is not None and pending.root_ended:
                 ready.append(self._pop(trace_id, "late spans: their trace was printed already" if pending.late else ""))

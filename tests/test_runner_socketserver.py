@@ -2,7 +2,8 @@
 threaded development server (both ``socketserver.ThreadingMixIn``).
 
 Real servers on 127.0.0.1 (port 0: the OS picks a free one), ``serve_forever`` in a
-thread started by the test, real HTTP requests with httpx.  Each request handler
+thread started by the test, real HTTP requests with ``urllib`` (stdlib only, so the
+``http.server`` cases run on every supported Python; the Flask cases need Flask).  Each request handler
 reports the tenant it sees on entry; request A then sets its own tenant and holds
 until request B has run, so B would see A's value if contexts were shared.
 """
@@ -17,15 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlparse
 
-import httpx
+import urllib.parse
+import urllib.request
+
 import pytest
 from helpers import parent_of, spans_named
 
 import ctxrelay
 from ctxrelay import spans
-
-flask = pytest.importorskip("flask")
-werkzeug_serving = pytest.importorskip("werkzeug.serving")
 
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("test_ss_tenant", default="<unset>")
 
@@ -71,6 +71,8 @@ def make_http_server(gates: Gates, tracer: Any) -> ThreadingHTTPServer:
 
 
 def make_flask_server(gates: Gates, tracer: Any) -> Any:
+    flask = pytest.importorskip("flask")
+    werkzeug_serving = pytest.importorskip("werkzeug.serving")
     app = flask.Flask(__name__)
 
     @app.get("/")
@@ -84,6 +86,16 @@ SERVERS: dict[str, Callable[[Gates, Any], Any]] = {
     "http.server": make_http_server,
     "flask": make_flask_server,
 }
+
+
+# No proxy, whatever the environment says: the servers are on 127.0.0.1.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def get(url: str, **params: str) -> Any:
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with _opener.open(url + query, timeout=TIMEOUT) as response:
+        return json.loads(response.read())
 
 
 @contextmanager
@@ -109,17 +121,17 @@ def two_overlapping_requests(make: Callable[[Gates, Any], Any], tracer: Any) -> 
         tenant.set("starter")
         gates = Gates()
         results: dict[str, Any] = {}
-        with serving(make(gates, tracer)) as url, httpx.Client(trust_env=False, timeout=TIMEOUT) as client:
+        with serving(make(gates, tracer)) as url:
 
             def request_a() -> None:
-                results["A"] = client.get(url, params={"set": "A"}).json()
+                results["A"] = get(url, set="A")
 
             a = threading.Thread(target=request_a)
             a.start()
             try:
                 assert gates.a_has_set.wait(TIMEOUT)
-                results["B"] = client.get(url, params={"set": "B"}).json()
-                results["C"] = client.get(url).json()
+                results["B"] = get(url, set="B")
+                results["C"] = get(url)
             finally:
                 gates.b_done.set()
                 a.join(TIMEOUT)
@@ -160,8 +172,7 @@ def test_request_hop_is_a_child_of_the_span_current_in_the_server_thread(
         with ExitStack() as stack:
             with tracer.start_as_current_span("startup"):
                 url = stack.enter_context(serving(SERVERS[kind](Gates(), tracer)))
-            with httpx.Client(trust_env=False, timeout=TIMEOUT) as client:
-                assert client.get(url).json() == {"seen": "<unset>"}
+            assert get(url) == {"seen": "<unset>"}
 
     contextvars.copy_context().run(scenario)
 
@@ -190,8 +201,7 @@ def test_excluding_the_entry_keeps_propagation_and_names_the_hop_thread(
         with ExitStack() as stack:
             with tracer.start_as_current_span("startup"):
                 url = stack.enter_context(serving(make_http_server(Gates(), tracer)))
-            with httpx.Client(trust_env=False, timeout=TIMEOUT) as client:
-                assert client.get(url).json() == {"seen": "starter"}
+            assert get(url) == {"seen": "starter"}
 
     contextvars.copy_context().run(scenario)
     assert spans_named(exporter, "socketserver") == []

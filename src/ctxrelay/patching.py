@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 
 import wrapt
 
-__all__ = ["Patch", "apply", "installed", "remove_all"]
+__all__ = ["Patch", "active", "apply", "installed", "remove_all"]
 
 logger = logging.getLogger("ctxrelay")
 
@@ -76,6 +76,11 @@ _installed: dict[Patch, _Installed] = {}
 _parked: dict[Patch, _Installed] = {}  # switched off, still somewhere in a chain
 _hooked_modules: set[str] = set()
 _active = False
+
+
+def active() -> bool:
+    """True between ``apply()`` and ``remove_all()`` (ctxrelay is instrumented)."""
+    return _active
 
 
 def installed() -> list[Patch]:

@@ -63,6 +63,15 @@ ATTR_BUS = "ctxrelay.bus"
 ATTR_EVENT = "ctxrelay.event"
 ATTR_LISTENER = "ctxrelay.listener"
 ATTR_LISTENERS = "ctxrelay.listeners"
+ATTR_LISTENER_INDEX = "ctxrelay.listener.index"
+ATTR_LISTENER_DRIVER = "ctxrelay.listener.driver"
+ATTR_SENDER = "ctxrelay.sender"
+#: only with CTXRELAY_RECORD_PAYLOADS=1: a bounded description of what was dispatched.
+ATTR_PAYLOAD = "ctxrelay.event.payload"
+
+# Listener-dispatch span names (docs/listeners.md): one per dispatch, one per listener call.
+DISPATCH_SPAN = "{bus} dispatch {event}"
+LISTENER_SPAN = "{bus} listener {listener}"
 
 #: Longest string ctxrelay ever puts in an attribute it builds itself.
 MAX_ATTRIBUTE_LENGTH = 256

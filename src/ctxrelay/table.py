@@ -22,7 +22,15 @@ RUNNERS: tuple[str, ...] = (
 )
 
 #: event-bus modules under ctxrelay.listeners
-LISTENERS: tuple[str, ...] = ()
+LISTENERS: tuple[str, ...] = (
+    "griptape",
+    "blinker",
+    "django",
+    "pyee",
+    "pubsub",
+    "celery",
+    "generic",  # buses declared with ctxrelay.trace_dispatch()
+)
 
 
 def modules() -> Iterator[tuple[str, object]]:

@@ -1,0 +1,151 @@
+"""Stacking with other patchers, in every order: OpenTelemetry's ``ThreadingInstrumentor``,
+Sentry's ``ThreadingIntegration`` (real ``sentry-sdk``, no DSN) and griptape's
+``OpenTelemetryObservabilityDriver`` (which instruments and uninstruments threading
+itself on enter/exit).
+
+Each sequence of steps is run twice: as given, and without ctxrelay's steps (the
+*baseline*: what the other tools do on their own).  After every step:
+
+* ctxrelay on: a thread, a pool task and a ``run_in_executor`` call see the origin's
+  ContextVar, its trace and its Sentry scope;
+* ctxrelay off (never on, or uninstrumented in any order): everything observed — what
+  the work sees, and the wrapper layers on every attribute any tool patches — is
+  exactly the baseline's, and ctxrelay's hook points are the original objects;
+* ctxrelay on or off, the attributes other tools patch carry exactly the baseline's
+  layers: ctxrelay never wraps, strips or reorders someone else's wrapper.
+
+Sentry's integration patches once per process and cannot be undone, so every sequence
+with Sentry runs in a fresh interpreter (``stacking_tools.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+pytest.importorskip("griptape")
+import stacking_tools  # noqa: E402 - after the skip: it imports griptape lazily, but needs it
+
+TOOL = Path(__file__).with_name("stacking_tools.py")
+CTX_STEPS = ("ctx", "-ctx")
+CTX_ATTRS = {f"{stacking_tools._name(o)}.{a}" for o, a in stacking_tools.CTXRELAY_ATTRS}
+
+
+def without_ctx(steps: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(step for step in steps if step not in CTX_STEPS)
+
+
+def check(steps: tuple[str, ...], states: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> None:
+    assert not any(
+        seen["var"] for state in baseline for seen in state["seen"].values()
+    ), "the loss: without ctxrelay no runner carries the ContextVar"
+    others = 0
+    for state in states:
+        if state["step"] not in (None, *CTX_STEPS):
+            others += 1
+        base = baseline[others]
+        where = f"after {state['step']} in {steps}"
+        for attr, layers in state["layers"].items():
+            if attr not in CTX_ATTRS:
+                assert layers == base["layers"][attr], f"{attr} {where}"
+        if state["ctx"]:
+            for runner, seen in state["seen"].items():
+                assert all(seen.values()), f"{runner} {seen} {where}"
+        else:
+            assert state["seen"] == base["seen"], where
+            assert state["layers"] == base["layers"], where
+            assert state["ctx_points_original"], where
+
+
+# --- in-process: ctxrelay, OpenTelemetry and griptape (all three can be undone) ------
+
+IN_PROCESS = [
+    install + removal
+    for install in itertools.permutations(("ctx", "otel", "griptape"))
+    for removal in itertools.permutations(("-ctx", "-otel", "-griptape"))
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _baseline_in_process(steps: tuple[str, ...]) -> str:
+    return json.dumps(_run_in_process(steps))
+
+
+def _run_in_process(steps: tuple[str, ...]) -> list[dict[str, Any]]:
+    stack_states: list[dict[str, Any]] = []
+    try:
+        # A copy: griptape's driver makes its root span current in the caller's context.
+        stack_states = copy_context().run(stacking_tools.run_sequence, list(steps), False)
+    finally:
+        if ThreadingInstrumentor().is_instrumented_by_opentelemetry:
+            ThreadingInstrumentor().uninstrument()
+    return stack_states
+
+
+@pytest.mark.parametrize("steps", IN_PROCESS, ids=[" ".join(s) for s in IN_PROCESS])
+def test_every_order_with_opentelemetry_and_griptape(steps: tuple[str, ...]) -> None:
+    states = _run_in_process(steps)
+    check(steps, states, json.loads(_baseline_in_process(without_ctx(steps))))
+
+
+def test_griptape_driver_exit_strips_opentelemetry_but_not_ctxrelay() -> None:
+    """griptape's exit uninstruments OpenTelemetry's threading even when the user had
+    instrumented it before: ctxrelay, hooked elsewhere, keeps carrying contexts."""
+    states = _run_in_process(("otel", "ctx", "griptape", "-griptape"))
+    last = states[-1]
+    assert last["ctx"] and all(all(seen.values()) for seen in last["seen"].values())
+    assert not ThreadingInstrumentor().is_instrumented_by_opentelemetry
+
+
+# --- with Sentry: one fresh interpreter per sequence -----------------------------------
+
+_INSTALLS = list(itertools.permutations(("ctx", "otel", "sentry", "griptape")))
+_REMOVALS = list(itertools.permutations(("-ctx", "-otel", "-griptape")))
+#: every install order, each with one of the removal orders (all six used in turn)
+WITH_SENTRY = [install + _REMOVALS[i % len(_REMOVALS)] for i, install in enumerate(_INSTALLS)]
+#: quick subset: ctxrelay first, last, and around Sentry
+QUICK = {
+    ("ctx", "otel", "sentry", "griptape"),
+    ("sentry", "griptape", "otel", "ctx"),
+    ("otel", "sentry", "ctx", "griptape"),
+    ("griptape", "ctx", "sentry", "otel"),
+}
+
+
+def _run_fresh(steps: tuple[str, ...]) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, str(TOOL), *steps],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=TOOL.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [s if s[:4] in QUICK else pytest.param(s, marks=pytest.mark.slow) for s in WITH_SENTRY],
+    ids=[" ".join(s) for s in WITH_SENTRY],
+)
+def test_every_order_with_sentry_opentelemetry_and_griptape(steps: tuple[str, ...]) -> None:
+    pytest.importorskip("sentry_sdk")
+    # Two interpreters at once: the machine has two cores.
+    with ThreadPoolExecutor(2) as pool:
+        states, baseline = pool.map(_run_fresh, [steps, without_ctx(steps)])
+    check(steps, states, baseline)
+    # Sentry cannot be undone; it still propagates its scope after ctxrelay left.
+    last = states[-1]
+    assert not last["ctx"]
+    assert all(seen["sentry"] for seen in last["seen"].values())

@@ -1,0 +1,79 @@
+"""The demo app, run as ``make demo`` runs it: without ctxrelay, then under ``ctxrelay run``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "examples" / "demo_app.py"
+HANDLERS = ("threading.Thread", "ThreadPoolExecutor", "asyncio run_in_executor",
+            "FastAPI def endpoint", "FastAPI async endpoint")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CTXRELAY_", "OTEL_"))}
+    env.update(extra)
+    return env
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def _row(stdout: str, handler: str) -> str:
+    (line,) = [line for line in stdout.splitlines() if re.match(rf"^[✓✗] {re.escape(handler)}\s", line)]
+    return line
+
+
+def test_without_ctxrelay_the_listeners_are_lost_and_with_it_they_are_there() -> None:
+    without = _run([sys.executable, str(APP)], _env())
+    assert "ctxrelay OFF" in without.stdout
+    assert _row(without.stdout, "direct call").endswith("delivered")
+    for handler in HANDLERS:
+        row = _row(without.stdout, handler)
+        assert row.startswith("✗") and row.endswith("LOST"), row
+        assert re.search(r"\s0\s+LOST$", row), "no listener in that thread"
+    assert "── trace" not in without.stderr
+
+    with_ = _run([sys.executable, "-m", "ctxrelay.cli", "run", sys.executable, str(APP)],
+                 _env(OTEL_TRACES_EXPORTER="ctxrelay_tree"))
+    assert "ctxrelay ON" in with_.stdout
+    for handler in ("direct call", *HANDLERS):
+        row = _row(with_.stdout, handler)
+        assert row.startswith("✓") and re.search(r"\s1\s+delivered$", row), row
+    assert "all 6 handlers saw the listener" in with_.stdout
+
+    # The trees on stderr show where the context went.
+    trees = with_.stderr
+    assert trees.count("── trace") >= 3, trees  # the demo, and one per HTTP request
+    assert "MainThread → worker-1" in trees
+    assert re.search(r"⇢ ThreadPoolExecutor handle .*\[MainThread → pool_0, waited", trees)
+    assert re.search(r"⇢ run_in_executor handle .*\[MainThread → asyncio_", trees)
+    assert re.search(r"\[uvicorn-server → AnyIO worker thread, waited", trees)
+
+
+def test_ctxrelay_demo_runs_both_and_without_really_is_without() -> None:
+    # Even with ctxrelay switched on in the shell, the first run must be plain.
+    done = _run([sys.executable, "-m", "ctxrelay.cli", "demo"], _env(CTXRELAY_ENABLED="1"))
+    first, second = done.stdout.split("=== 2/2", 1)
+    assert "=== 1/2 without ctxrelay" in first and "ctxrelay OFF" in first
+    assert "5 of 6 handlers ran without the listener" in first
+    assert "ctxrelay ON" in second and "all 6 handlers saw the listener" in second
+    assert "⇢ Thread" in done.stderr
+
+
+def test_ctxrelay_demo_explains_a_missing_app(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "ctxrelay.cli", "demo", str(tmp_path / "nope.py")],
+                          env=_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "not found" in done.stderr
+
+
+pytestmark = pytest.mark.timeout(180)

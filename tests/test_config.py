@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from attrs import define, field
+from griptape.events import BaseEvent, EventBus, EventListener
 from helpers import parent_of, spans_named
 from opentelemetry import trace
 
@@ -194,6 +196,70 @@ def test_instrument_arguments_win_over_the_environment(monkeypatch, exporter, tr
     seen = _run_all(tracer)
     assert seen["thread"]["user"] == "alice"
     assert len(_hops(exporter)) == 3
+
+
+# --- listener spans, with a real griptape EventBus ---------------------------------------
+@define
+class Ping(BaseEvent):
+    text: str = field(default="payload-marker-42", kw_only=True)
+
+
+def _publish_in_pool(tracer: trace.Tracer) -> list[str]:
+    """A listener added in the caller; the event published from a pool task."""
+    got: list[str] = []
+    listener = EventListener(on_event=lambda event: got.append(threading.current_thread().name))
+
+    def scenario() -> None:
+        EventBus.add_event_listeners([listener])  # inside a copy: gone after the test
+        with tracer.start_as_current_span("request"):
+            via_pool(lambda: EventBus.publish_event(Ping()))
+
+    contextvars.copy_context().run(scenario)
+    return got
+
+
+def _dispatches(exporter) -> list:
+    return spans_named(exporter, "griptape dispatch")
+
+
+def test_listener_spans_off_records_no_dispatch_but_keeps_hops_and_delivery(monkeypatch, exporter, tracer) -> None:
+    _set(monkeypatch, LISTENER_SPANS="off")
+    ctxrelay.instrument()
+    assert _publish_in_pool(tracer) == ["cfg-pool_0"]
+    assert _dispatches(exporter) == [] and spans_named(exporter, "griptape listener") == []
+    assert len(_hops(exporter)) == 1
+
+
+def test_hop_spans_off_records_dispatches_only(monkeypatch, exporter, tracer) -> None:
+    _set(monkeypatch, HOP_SPANS="off")
+    ctxrelay.instrument()
+    assert _publish_in_pool(tracer) == ["cfg-pool_0"]
+    assert _hops(exporter) == []
+    (dispatch,) = _dispatches(exporter)
+    assert parent_of(dispatch, exporter) is spans_named(exporter, "request")[0]
+    assert dispatch.attributes[spans.ATTR_LISTENERS] == 1
+
+
+def test_record_payloads_is_off_by_default_and_opt_in(monkeypatch, exporter, tracer) -> None:
+    ctxrelay.instrument()
+    _publish_in_pool(tracer)
+    (dispatch,) = _dispatches(exporter)
+    assert spans.ATTR_PAYLOAD not in dispatch.attributes
+    assert not any("payload-marker-42" in repr(dict(s.attributes or {})) for s in exporter.get_finished_spans())
+
+    exporter.clear()
+    _set(monkeypatch, RECORD_PAYLOADS="yes")
+    ctxrelay.instrument()
+    _publish_in_pool(tracer)
+    (dispatch,) = _dispatches(exporter)
+    assert "payload-marker-42" in dispatch.attributes[spans.ATTR_PAYLOAD]
+
+
+def test_exclude_a_bus(monkeypatch, exporter, tracer) -> None:
+    _set(monkeypatch, EXCLUDE="griptape")
+    ctxrelay.instrument()
+    assert _publish_in_pool(tracer) == ["cfg-pool_0"], "propagation is the runners' job"
+    assert _dispatches(exporter) == []
 
 
 # --- include / exclude ----------------------------------------------------------------

@@ -5,6 +5,7 @@ Assertions are on content and nesting depth, not on exact whitespace.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
 import random
@@ -168,6 +169,32 @@ def test_errors_are_shown_on_the_failing_span_and_counted() -> None:
     assert "✗ KeyError: 'missing'" in lines[_find(lines, "⇢ ThreadPoolExecutor fails")]
     assert "✗ RuntimeError: from the event" in lines[_find(lines, "silent")]
     assert "✗" not in lines[_find(lines, "request")]
+
+
+def test_listener_dispatches_show_how_many_listeners_were_there() -> None:
+    from attrs import define
+    from griptape.events import BaseEvent, EventBus, EventListener
+
+    @define
+    class Ping(BaseEvent):
+        pass
+
+    provider, _, out = _tree_provider()
+    tracer = provider.get_tracer("test")
+    ctxrelay.instrument(tracer_provider=provider)
+
+    def scenario() -> None:
+        EventBus.add_event_listeners([EventListener(on_event=lambda event: None)])
+        with tracer.start_as_current_span("request"):
+            with ThreadPoolExecutor(1, thread_name_prefix="pub") as pool:
+                pool.submit(EventBus.publish_event, Ping()).result()
+
+    contextvars.copy_context().run(scenario)
+    (lines,) = _trees(out.getvalue())
+    dispatch = lines[_find(lines, "✉ griptape dispatch Ping")]
+    assert "[listeners: 1]" in dispatch
+    _assert_child(lines, "⇢ ThreadPoolExecutor publish_event", "✉ griptape dispatch Ping")
+    _assert_child(lines, "✉ griptape dispatch Ping", "✉ griptape listener")
 
 
 def test_children_arriving_in_any_order_are_sorted_under_their_parents() -> None:

@@ -344,4 +344,5 @@ def test_misuse_behaves_exactly_as_without_ctxrelay(action: Callable[[], Any], s
 
 
 def test_bind_non_callable_fails_like_calling_it() -> None:
-    assert outcome(bind_non_callable) == outcome(lambda: 42())  # type: ignore[operator]
+    not_callable: Any = 42
+    assert outcome(bind_non_callable) == outcome(lambda: not_callable())

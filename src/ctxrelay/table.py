@@ -19,6 +19,9 @@ RUNNERS: tuple[str, ...] = (
     "asyncio",
     "thread_pool",
     "socketserver",
+    "anyio",
+    "starlette",
+    "gradio",
 )
 
 #: event-bus modules under ctxrelay.listeners

@@ -252,9 +252,12 @@ def _begin(bus: Bus, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any
     try:
         if bus.has_listeners is not None and not bus.has_listeners(instance, args, kwargs):
             return None
-        current_span = trace.get_current_span()
-        if not current_span.is_recording() and current_span.get_span_context().is_valid:
-            return None  # an unsampled parent: the dispatch would not be sampled either
+        parent = trace.get_current_span().get_span_context()
+        # An unsampled parent: the dispatch would not be sampled either.  (Not
+        # is_recording(): a parent that already ended - an asyncio done-callback that
+        # emits after its dispatch returned - is not recording, yet sampled.)
+        if parent.is_valid and not parent.trace_flags.sampled:
+            return None
         if not spans.recording_allowed():
             return None
         event = _text(bus.event(instance, args, kwargs))
@@ -301,6 +304,21 @@ def _restore_pairs(result: Any) -> Any:
     return result
 
 
+def _untraced(wrapped: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """Run a dispatch that is not recorded, hiding an outer one from its listener hooks.
+
+    A context copied during a dispatch (an asyncio done-callback) still names it; an
+    unsampled dispatch of the same bus inside must not add its listeners to it.
+    """
+    if _current.get() is None:
+        return wrapped(*args, **kwargs)
+    token = _current.set(None)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _current.reset(token)
+
+
 def dispatching(bus: Bus) -> Wrapper:
     """Wrapper for a synchronous dispatch method: the dispatch span around it."""
 
@@ -309,7 +327,7 @@ def dispatching(bus: Bus) -> Wrapper:
             return wrapped(*args, **kwargs)
         started = _begin(bus, instance, args, kwargs)
         if started is None:
-            return wrapped(*args, **kwargs)
+            return _untraced(wrapped, args, kwargs)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -343,7 +361,13 @@ async def _dispatch_async(
 ) -> T:
     started = _begin(bus, instance, args, kwargs)
     if started is None:
-        return await coroutine
+        if _current.get() is None:
+            return await coroutine
+        token = _current.set(None)
+        try:
+            return await coroutine
+        finally:
+            _current.reset(token)
     try:
         result = await coroutine
     except BaseException as exc:

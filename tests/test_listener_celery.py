@@ -1,0 +1,150 @@
+"""Celery signals: send (= send_robust) logs a failing receiver and returns its exception."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from celery import signals
+from celery.utils.dispatch import Signal
+from listener_helpers import (
+    assert_failed,
+    assert_listener_tree,
+    assert_not_recorded,
+    is_child,
+    listeners,
+    only_dispatch,
+    payloads,
+)
+
+import ctxrelay
+from ctxrelay import spans as keys
+
+
+def test_send_spans_order_results(exporter, tracer):
+    sig = Signal(name="order_shipped")
+    calls: list[str] = []
+
+    def first(sender=None, **kwargs):
+        calls.append("first")
+        return 1
+
+    def second(sender=None, **kwargs):
+        calls.append("second")
+        return 2
+
+    sig.connect(first)
+    sig.connect(second)
+    plain = sig.send(sender="worker", parcel=1)
+    plain_calls = list(calls)
+
+    ctxrelay.instrument()
+    calls.clear()
+    with tracer.start_as_current_span("task") as task:
+        traced = sig.send(sender="worker", parcel=1)
+        robust = sig.send_robust(sender="worker", parcel=1)  # the alias is patched too
+    assert calls == plain_calls * 2 == ["first", "second"] * 2
+    assert traced == plain == robust and traced[0][0] is first
+    dispatches = [s for s in exporter.get_finished_spans() if s.name == "celery dispatch order_shipped"]
+    assert len(dispatches) == 2
+    assert all(d.parent.span_id == task.get_span_context().span_id for d in dispatches)
+    assert len(listeners(exporter, "celery")) == 4
+
+
+def test_builtin_signal(exporter):
+    seen: list[object] = []
+
+    def on_prerun(sender=None, task_id=None, **kwargs):
+        seen.append(task_id)
+
+    signals.task_prerun.connect(on_prerun)
+    try:
+        ctxrelay.instrument()
+        signals.task_prerun.send(sender=None, task_id="abc", task=None, args=(), kwargs={})
+    finally:
+        signals.task_prerun.disconnect(on_prerun)
+    assert seen == ["abc"]
+    assert_listener_tree(exporter, "celery", "task_prerun", [on_prerun])
+
+
+def test_failing_receiver_is_logged_and_returned_like_celery(exporter, caplog):
+    sig = Signal(name="flaky")
+    boom = RuntimeError("receiver failed")
+    calls: list[str] = []
+
+    def bad(sender=None, **kwargs):
+        calls.append("bad")
+        raise boom
+
+    def after(sender=None, **kwargs):
+        calls.append("after")
+        return "ok"
+
+    sig.connect(bad)
+    sig.connect(after)
+    with caplog.at_level(logging.ERROR):
+        plain = sig.send(sender=None)
+    plain_log = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    calls.clear()
+
+    ctxrelay.instrument()
+    with caplog.at_level(logging.ERROR):
+        traced = sig.send(sender=None)
+    traced_log = [r.getMessage() for r in caplog.records]
+
+    assert calls == ["bad", "after"]
+    assert traced == plain == [(bad, boom), (after, "ok")] and traced[0][0] is bad
+    assert traced_log == plain_log and "Signal handler" in plain_log[0] and "bad" in plain_log[0]
+    bad_span, after_span = listeners(exporter, "celery")
+    assert_failed(bad_span, boom)
+    assert after_span.status.is_unset
+    assert only_dispatch(exporter, "celery").status.is_unset
+
+
+def test_listener_in_a_worker_thread_nests_under_the_hop(exporter, tracer):
+    sig = Signal(name="in_pool")
+
+    def receiver(sender=None, **kwargs):
+        with tracer.start_as_current_span("work"):
+            pass
+
+    sig.connect(receiver)
+
+    def publish():
+        sig.send(sender=None)
+
+    with tracer.start_as_current_span("request"), ThreadPoolExecutor(1) as pool:
+        pool.submit(publish).result()
+    assert [s.parent for s in exporter.get_finished_spans() if s.name == "work"] == [None]
+    exporter.clear()
+
+    ctxrelay.instrument()
+    with tracer.start_as_current_span("request") as request, ThreadPoolExecutor(1) as pool:
+        pool.submit(publish).result()
+    finished = {s.name: s for s in exporter.get_finished_spans()}
+    hop = finished["ThreadPoolExecutor publish"]
+    dispatch = only_dispatch(exporter, "celery")
+    (listener_span,) = listeners(exporter, "celery")
+    assert hop.parent.span_id == request.get_span_context().span_id
+    assert is_child(dispatch, hop) and is_child(listener_span, dispatch)
+    assert is_child(finished["work"], listener_span)
+
+
+def test_payloads_only_with_opt_in_and_no_receivers(exporter):
+    sig = Signal(name="secretive")
+
+    def receiver(sender=None, **kwargs):
+        pass
+
+    ctxrelay.instrument()
+    sig.send(sender=None, api_key="celery-secret")  # no receivers yet: nothing recorded
+    assert exporter.get_finished_spans() == ()
+    sig.connect(receiver)
+    sig.send(sender=None, api_key="celery-secret")
+    assert_not_recorded(exporter, "celery-secret")
+    assert payloads(exporter) == []
+    ctxrelay.instrument(record_payloads=True)
+    sig.send(sender=None, api_key="celery-secret")
+    assert "celery-secret" in payloads(exporter)[0]
+    assert all(keys.ATTR_SENDER not in s.attributes for s in exporter.get_finished_spans())  # sender=None

@@ -73,7 +73,8 @@ def app(environ, start_response):
             body = {"seen": tenant.get(), "thread": threading.current_thread().name}
             tenant.set("set-by-a-request")  # must not reach the next request
     data = json.dumps(body).encode()
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    start_response("200 OK", headers)
     return [data]
 '''
 
@@ -137,7 +138,10 @@ class Gunicorn:
         self.log.close()
 
 
-def three_requests(tmp_path: Path, with_ctxrelay: bool) -> tuple[list[dict[str, str]], dict[str, Any]]:
+Json = dict[str, Any]
+
+
+def three_requests(tmp_path: Path, with_ctxrelay: bool) -> tuple[list[Json], Json]:
     server = Gunicorn(tmp_path, with_ctxrelay)
     try:
         with httpx.Client(trust_env=False, timeout=TIMEOUT) as client:

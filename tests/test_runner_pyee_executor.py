@@ -103,7 +103,9 @@ def test_hop_span_is_a_child_of_the_span_current_at_emit(exporter: Any, tracer: 
     assert sorted(parents) == ["emit a", "emit b", "emit c"]
 
 
-def test_with_the_listener_bus_the_hop_still_sits_under_its_emit(exporter: Any, tracer: Any) -> None:
+def test_with_the_listener_bus_the_hop_still_sits_under_its_emit(
+    exporter: Any, tracer: Any
+) -> None:
     ctxrelay.instrument()
     emit_three(tracer)
 
@@ -112,7 +114,8 @@ def test_with_the_listener_bus_the_hop_still_sits_under_its_emit(exporter: Any, 
     emits = []
     for listener in listeners:
         chain = ancestors(listener, exporter)
-        hops = [s for s in chain if (s.attributes or {}).get(spans.ATTR_RUNNER) == "ThreadPoolExecutor"]
-        assert len(hops) == 1  # one hop per handler, however many spans the bus adds
+        runners = [(s.attributes or {}).get(spans.ATTR_RUNNER) for s in chain]
+        # one hop per handler, however many spans the bus adds around it
+        assert runners.count("ThreadPoolExecutor") == 1
         emits.extend(s.name for s in chain if s.name.startswith("emit "))
     assert sorted(emits) == ["emit a", "emit b", "emit c"]

@@ -3,9 +3,10 @@ threaded development server (both ``socketserver.ThreadingMixIn``).
 
 Real servers on 127.0.0.1 (port 0: the OS picks a free one), ``serve_forever`` in a
 thread started by the test, real HTTP requests with ``urllib`` (stdlib only, so the
-``http.server`` cases run on every supported Python; the Flask cases need Flask).  Each request handler
-reports the tenant it sees on entry; request A then sets its own tenant and holds
-until request B has run, so B would see A's value if contexts were shared.
+``http.server`` cases run on every supported Python; the Flask cases need Flask).
+Each request handler reports the tenant it sees on entry; request A then sets its own
+tenant and holds until request B has run, so B would see A's value if contexts were
+shared.
 """
 
 from __future__ import annotations

@@ -141,7 +141,9 @@ def test_the_pools_threads_do_not_pin_the_builders_context() -> None:
     ctxrelay.instrument(spans=False)
     release = threading.Event()
 
-    def build(extra_thread: bool) -> tuple[ThreadPool, weakref.ref[_Payload], threading.Thread | None]:
+    def build(
+        extra_thread: bool,
+    ) -> tuple[ThreadPool, weakref.ref[_Payload], threading.Thread | None]:
         payload = _Payload()
         holder.set(payload)
         pool = ThreadPool(2)

@@ -29,7 +29,7 @@ from tornado.httpserver import HTTPServer  # noqa: E402
 from tornado.ioloop import IOLoop  # noqa: E402
 from tornado.testing import bind_unused_port  # noqa: E402
 
-tenant: contextvars.ContextVar[str] = contextvars.ContextVar("test_tornado_tenant", default="<unset>")
+tenant: contextvars.ContextVar[str] = contextvars.ContextVar("test_tornado", default="<unset>")
 
 TIMEOUT = 10
 
@@ -114,9 +114,12 @@ def test_executor_work_sees_the_request_handlers_context(path: str, tracer: Any)
 
 
 @pytest.mark.parametrize(
-    ("path", "runner"), [("/in_executor", "run_in_executor"), ("/on_executor", "ThreadPoolExecutor")]
+    ("path", "runner"),
+    [("/in_executor", "run_in_executor"), ("/on_executor", "ThreadPoolExecutor")],
 )
-def test_hop_span_is_a_child_of_the_handlers_span(path: str, runner: str, exporter: Any, tracer: Any) -> None:
+def test_hop_span_is_a_child_of_the_handlers_span(
+    path: str, runner: str, exporter: Any, tracer: Any
+) -> None:
     ctxrelay.instrument()
     query(tracer, path)
 

@@ -66,7 +66,11 @@ def relay_task_generation(wrapped: Any, instance: Any, args: tuple[Any, ...], kw
 
 
 def _carried(
-    tasks: Iterator[Any], context: Context, hop: spans.Hop | None, chunked: tuple[Any, ...], reraise: Any
+    tasks: Iterator[Any],
+    context: Context,
+    hop: spans.Hop | None,
+    chunked: tuple[Any, ...],
+    reraise: Any,
 ) -> Iterator[Any]:
     """Yield each task with ``func`` replaced by a single-use runner in a fresh copy."""
     try:
@@ -93,7 +97,8 @@ def _in_copy(
 ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     """``(func, args, kwds)`` for one task; the worker calls ``func(*args, **kwds)`` once."""
     named = func
-    if (func is chunked[0] or func is chunked[1]) and len(args) == 1 and type(args[0]) is tuple and len(args[0]) == 2:
+    is_chunk = func is chunked[0] or func is chunked[1]
+    if is_chunk and len(args) == 1 and type(args[0]) is tuple and len(args[0]) == 2:
         user_func, items = args[0]
         named = user_func
         args = ((_EachInOwnCopy(user_func), items),)
@@ -130,6 +135,8 @@ def _exempt_pool_threads(pool: Any) -> None:
 
 
 PATCHES = (
-    Patch(NAME, _MODULE, "ThreadPool.apply_async", relay_apply_async, on_apply=_exempt_pool_threads),
+    Patch(
+        NAME, _MODULE, "ThreadPool.apply_async", relay_apply_async, on_apply=_exempt_pool_threads
+    ),
     Patch(NAME, _MODULE, "ThreadPool._guarded_task_generation", relay_task_generation),
 )

@@ -62,7 +62,8 @@ def handle(name: str) -> dict[str, Any]:
     """The application's handler: publish an event, report what it saw."""
     with tracer.start_as_current_span(f"handle {name}"):
         EventBus.publish_event(HandlerCalled(handler=name))
-        return {"listeners": len(EventBus.event_listeners), "thread": threading.current_thread().name}
+        thread = threading.current_thread().name
+        return {"listeners": len(EventBus.event_listeners), "thread": thread}
 
 
 # --- the web server, started like Gradio starts uvicorn ------------------------------
@@ -73,7 +74,8 @@ app = FastAPI()
 async def server_span(request: Request, call_next: Callable[[Request], Any]) -> Any:
     # What an ASGI tracing middleware does: one span per request.
     name = f"http.server {request.method} {request.url.path}"
-    with tracer.start_as_current_span(name, attributes={"thread.name": threading.current_thread().name}):
+    thread = {"thread.name": threading.current_thread().name}
+    with tracer.start_as_current_span(name, attributes=thread):
         return await call_next(request)
 
 
@@ -97,7 +99,10 @@ class Server:
         config = uvicorn.Config(app, log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.socket]}, name="uvicorn-server", daemon=True
+            target=self.server.run,
+            kwargs={"sockets": [self.socket]},
+            name="uvicorn-server",
+            daemon=True,  # whatever happens, the demo never hangs at exit
         )
 
     def start(self) -> None:
@@ -170,7 +175,8 @@ def main() -> int:
             ("FastAPI def endpoint", over_http(server, "/sync")),
             ("FastAPI async endpoint", over_http(server, "/async")),
         ]
-        print(f"ctxrelay {ctxrelay_state()} · griptape EventBus: 1 listener added at import, in MainThread")
+        state = ctxrelay_state()
+        print(f"ctxrelay {state} · griptape EventBus: 1 listener added at import, in MainThread")
         print(f"  {'handler':<26}{'ran in thread':<26}{'listeners':<11}event")
         lost = 0
         with tracer.start_as_current_span("demo"):
@@ -184,7 +190,8 @@ def main() -> int:
     finally:
         server.stop()
     if lost:
-        print(f"result: {lost} of {len(cases)} handlers ran without the listener; their events were lost.")
+        print(f"result: {lost} of {len(cases)} handlers ran without the listener; "
+              "their events were lost.")
     else:
         print(f"result: all {len(cases)} handlers saw the listener; every event was delivered.")
     return 0

@@ -29,7 +29,8 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def _row(stdout: str, handler: str) -> str:
-    (line,) = [line for line in stdout.splitlines() if re.match(rf"^[✓✗] {re.escape(handler)}\s", line)]
+    row = re.compile(rf"^[✓✗] {re.escape(handler)}\s")
+    (line,) = [line for line in stdout.splitlines() if row.match(line)]
     return line
 
 

@@ -397,7 +397,8 @@ def test_concurrent_exports_print_each_trace_once_and_whole() -> None:
 def test_the_entry_point_is_what_the_sdk_imports() -> None:
     from opentelemetry.sdk._configuration import _import_exporters
 
-    (point,) = [e for e in entry_points(group="opentelemetry_traces_exporter") if e.name == "ctxrelay_tree"]
+    group = entry_points(group="opentelemetry_traces_exporter")
+    (point,) = [e for e in group if e.name == "ctxrelay_tree"]
     assert point.load() is TreeSpanExporter
     traces, _, _ = _import_exporters(["ctxrelay_tree"], [], [])
     assert traces == {"ctxrelay_tree": TreeSpanExporter}
@@ -450,3 +451,20 @@ def test_an_unusable_tree_file_warns_once_and_falls_back_to_stderr(tmp_path: Pat
     message = str(caught[0].message)
     assert "CTXRELAY_TREE_FILE" in message and "stderr, stdout" in message
     assert capsys.readouterr().err.count("── trace") == 2
+
+
+def test_a_very_deep_trace_renders_without_recursion() -> None:
+    tracer, memory = _collected()
+    opened = []
+    context = None
+    for depth in range(1500):  # deeper than the default recursion limit
+        span = tracer.start_span(f"level-{depth}", context=context)
+        context = trace.set_span_in_context(span)
+        opened.append(span)
+    for span in reversed(opened):
+        span.end()
+    out = io.StringIO()
+    TreeSpanExporter(out).export(memory.get_finished_spans())
+    (lines,) = _trees(out.getvalue())
+    assert len(lines) == 1501
+    assert _depth(lines[-1]) == 1499 and "level-1499" in lines[-1]

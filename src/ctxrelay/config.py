@@ -119,7 +119,8 @@ def _known_names(
         key,
         raw,
         f"ctxrelay: {PREFIX}{key}={raw!r} names unknown runners/buses {', '.join(unknown)}; "
-        f"allowed values: a comma-separated list of {', '.join(sorted(by_lower.values()))}. {outcome}",
+        f"allowed values: a comma-separated list of {', '.join(sorted(by_lower.values()))}. "
+        f"{outcome}",
     )
     return known or None
 
@@ -144,7 +145,10 @@ def _detach_patterns(env: Mapping[str, str], problems: list[str]) -> tuple[str, 
 
 
 def from_env(
-    env: Mapping[str, str] | None = None, *, known: Iterable[str] = (), enabled_default: bool = False
+    env: Mapping[str, str] | None = None,
+    *,
+    known: Iterable[str] = (),
+    enabled_default: bool = False,
 ) -> Settings:
     """Read the ``CTXRELAY_*`` variables; ``known`` lists the valid runner/bus names.
 

@@ -76,13 +76,17 @@ def main(argv: Sequence[str]) -> int:
               "pip install 'ctxrelay[frameworks]'", file=sys.stderr)
         return 2
     without, with_ = _environments()
-    runs = (("1/2 without ctxrelay: python", without), ("2/2 with ctxrelay: ctxrelay run python", with_))
+    runs = (
+        ("1/2 without ctxrelay: python", without),
+        ("2/2 with ctxrelay: ctxrelay run python", with_),
+    )
     for index, (title, env) in enumerate(runs):
         if index:
             print(flush=True)
         print(f"=== {title} {app}", flush=True)
         try:
-            done = subprocess.run([sys.executable, str(app)], env=env, timeout=_TIMEOUT_S, check=False)
+            command = [sys.executable, str(app)]
+            done = subprocess.run(command, env=env, timeout=_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
             print(f"ctxrelay demo: {app} did not finish in {_TIMEOUT_S} s", file=sys.stderr)
             return 1

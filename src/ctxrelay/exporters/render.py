@@ -39,7 +39,10 @@ ARROW = "→"
 
 #: For streams that cannot encode the box-drawing characters (an ASCII locale).
 ASCII = str.maketrans(
-    {"├": "|", "└": "`", "│": "|", "─": "-", HOP: ">>", LISTENER: "@", ERROR: "X", ARROW: "->", "·": "-", "↗": "^"}
+    {
+        "├": "|", "└": "`", "│": "|", "─": "-", "·": "-", "↗": "^",
+        HOP: ">>", LISTENER: "@", ERROR: "X", ARROW: "->",
+    }
 )
 
 
@@ -74,7 +77,8 @@ def _error(span: ReadableSpan) -> str | None:
     for event in span.events:
         if event.name == "exception":
             attrs = event.attributes or {}
-            return f"{attrs.get('exception.type', 'error')}: {attrs.get('exception.message', '')}".rstrip(": ")
+            kind = attrs.get("exception.type", "error")
+            return f"{kind}: {attrs.get('exception.message', '')}".rstrip(": ")
     return "error"
 
 
@@ -146,7 +150,8 @@ def _line(span: ReadableSpan, tree: _Tree, is_root: bool) -> str:
     attrs = _attrs(span)
     parts: list[str] = []
     if is_root and tree.missing_parent(span):
-        parts.append(f"(parent {format_span_id(span.parent.span_id)} not exported)")  # type: ignore[union-attr]
+        parent_id = format_span_id(span.parent.span_id)  # type: ignore[union-attr]
+        parts.append(f"(parent {parent_id} not exported)")
     thread = tree.threads.get(span.context.span_id)
     if _is_hop(span):
         origin = attrs.get(ATTR_ORIGIN_THREAD_NAME, "?")
@@ -167,20 +172,26 @@ def _line(span: ReadableSpan, tree: _Tree, is_root: bool) -> str:
         if is_root and thread is not None:
             parts.append(f"[{thread}]")
     for link in span.links:
-        parts.append(f"↗ linked to {format_trace_id(link.context.trace_id)}/{format_span_id(link.context.span_id)}")
+        linked = f"{format_trace_id(link.context.trace_id)}/{format_span_id(link.context.span_id)}"
+        parts.append(f"↗ linked to {linked}")
     error = _error(span)
     if error is not None:
         parts.append(f"{ERROR} {error}")
     return "  ".join(parts)
 
 
+def _children(tree: _Tree, span: ReadableSpan, indent: str) -> list[tuple[ReadableSpan, bool, str]]:
+    """Stack entries ``(child, is_last, indent)`` for ``span``'s children, first on top."""
+    kids = tree.children.get(span.context.span_id, [])
+    last = len(kids) - 1
+    return [(kid, i == last, indent) for i, kid in reversed(list(enumerate(kids)))]
+
+
 def _walk(tree: _Tree) -> Iterable[str]:
     for root in tree.roots:
         yield _line(root, tree, is_root=True)
-        # (span, prefix for its line, prefix for its children); iterative: deep traces
-        # must not hit the recursion limit.
-        kids = tree.children.get(root.context.span_id, [])
-        stack = [(kid, i == len(kids) - 1, "") for i, kid in reversed(list(enumerate(kids)))]
+        # Iterative, not recursive: a deep trace must not hit the recursion limit.
+        stack = _children(tree, root, "")
         seen: set[int] = {root.context.span_id}
         while stack:
             span, last, indent = stack.pop()
@@ -188,9 +199,7 @@ def _walk(tree: _Tree) -> Iterable[str]:
                 continue
             seen.add(span.context.span_id)
             yield f"{indent}{'└─ ' if last else '├─ '}{_line(span, tree, is_root=False)}"
-            kids = tree.children.get(span.context.span_id, [])
-            child_indent = indent + ("   " if last else "│  ")
-            stack.extend((kid, i == len(kids) - 1, child_indent) for i, kid in reversed(list(enumerate(kids))))
+            stack.extend(_children(tree, span, indent + ("   " if last else "│  ")))
 
 
 def render_trace(spans: Sequence[ReadableSpan], *, note: str = "", dropped: int = 0) -> str:

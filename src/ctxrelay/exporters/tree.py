@@ -45,6 +45,8 @@ __all__ = ["ENV_FILE", "TreeSpanExporter"]
 #: Where the trees go: ``stderr`` (default), ``stdout``, or a file path (appended to).
 ENV_FILE = "CTXRELAY_TREE_FILE"
 
+_LATE = "late spans: their trace was printed already"
+
 #: How many printed trace ids are remembered, to label spans that arrive late.
 _REMEMBER_PRINTED = 4096
 
@@ -151,7 +153,7 @@ class TreeSpanExporter(SpanExporter):
         for trace_id in finished:
             pending = self._pending.get(trace_id)
             if pending is not None and pending.root_ended:
-                ready.append(self._pop(trace_id, "late spans: their trace was printed already" if pending.late else ""))
+                ready.append(self._pop(trace_id, _LATE if pending.late else ""))
         return ready
 
     def _pop(self, trace_id: int, note: str) -> tuple[int, _Pending, str]:
@@ -171,7 +173,7 @@ class TreeSpanExporter(SpanExporter):
         for trace_id in list(self._pending):
             pending = self._pending[trace_id]
             if pending.late:
-                note = "late spans: their trace was printed already"
+                note = _LATE
             elif pending.root_ended:
                 note = ""
             else:

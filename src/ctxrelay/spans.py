@@ -168,7 +168,8 @@ class Hop:
         self.runner = runner
         origin = threading.current_thread()
         self.origin_id = threading.get_ident()
-        self.origin_name = origin.name
+        # Thread names are the application's (any length): bounded like every attribute.
+        self.origin_name = origin.name[:MAX_ATTRIBUTE_LENGTH]
         self.handed_ns = time.perf_counter_ns()
 
 
@@ -208,7 +209,7 @@ def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[S
         ATTR_RUNNER: hop.runner,
         CODE_FUNCTION_NAME: callable_name(fn),
         THREAD_ID: threading.get_ident(),
-        THREAD_NAME: thread_name,
+        THREAD_NAME: thread_name[:MAX_ATTRIBUTE_LENGTH],
         ATTR_ORIGIN_THREAD_ID: hop.origin_id,
         ATTR_ORIGIN_THREAD_NAME: hop.origin_name,
         ATTR_QUEUE_WAIT_MS: (now_ns - hop.handed_ns) / 1e6,

@@ -223,3 +223,103 @@ def fastapi_traces_requests(tracer: trace.Tracer, exporter: InMemorySpanExporter
     exporter.clear()
     serve_and_get(tracer, ["/sync"], kind="fastapi")
     return bool(spans_named(exporter, "GET /sync"))
+
+
+# --- iterate_in_threadpool on its own (no server): edge cases of the kept context ----
+
+
+def _drain(iterable: Any, limit: int | None = None) -> list[Any]:
+    """Iterate Starlette's iterate_in_threadpool over ``iterable`` (at most ``limit`` items)."""
+    from starlette.concurrency import iterate_in_threadpool
+
+    async def main() -> list[Any]:
+        out: list[Any] = []
+        stream = iterate_in_threadpool(iterable)
+        async for item in stream:
+            out.append(item)
+            if limit is not None and len(out) >= limit:
+                break
+        await stream.aclose()
+        return out
+
+    import asyncio
+
+    return contextvars.copy_context().run(asyncio.run, main())
+
+
+def _counting() -> Iterator[str]:
+    STEP.set("kept")
+    for i in range(3):
+        yield f"{STEP.get()}{i}"
+
+
+def test_kept_contexts_are_let_go() -> None:
+    from ctxrelay import relay
+
+    assert _drain(_counting()) == ["kept0", "lost1", "lost2"]  # without ctxrelay
+
+    ctxrelay.instrument()
+    # Exhausted: dropped at the StopIteration step.
+    assert _drain(_counting()) == ["kept0", "kept1", "kept2"]
+    # Abandoned after one step: dropped when the generator is collected.
+    assert _drain(_counting(), limit=1) == ["kept0"]
+    import gc
+
+    gc.collect()
+    assert relay._iterator_contexts == {}  # noqa: SLF001 - the registry must not grow
+
+
+def test_plain_iterators_and_errors_pass_through() -> None:
+    ctxrelay.instrument()
+    # A list iterator cannot be weakly referenced (and runs no user code): unchanged.
+    assert _drain([1, 2, 3]) == [1, 2, 3]
+
+    error = KeyError("boom")
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise error
+
+    with pytest.raises(KeyError) as caught:
+        _drain(failing())
+    assert caught.value is error
+
+
+def test_an_iterator_stepped_from_two_threads_at_once_is_not_broken() -> None:
+    """A Context cannot be entered by two threads at once: the overlapping step runs as
+    it would without ctxrelay instead of failing with "cannot enter context"."""
+    import threading
+
+    from ctxrelay import relay
+
+    inside = threading.Event()
+    release = threading.Event()
+
+    class Slow:
+        def __iter__(self) -> "Slow":
+            return self
+
+        def __next__(self) -> str:
+            if threading.current_thread().name == "first":
+                inside.set()
+                assert release.wait(SERVER_TIMEOUT_S)
+            return threading.current_thread().name
+
+    slow = Slow()
+    relay.step_in_own_context(lambda it: it, slow)  # the iterator now has its own context
+    results: dict[str, Any] = {}
+
+    def step(name: str) -> None:
+        try:
+            results[name] = relay.step_in_own_context(next, slow)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results[name] = exc
+
+    first = threading.Thread(target=step, args=("first",), name="first")
+    first.start()
+    assert inside.wait(SERVER_TIMEOUT_S)
+    step("second")  # overlaps the first step, from this thread
+    release.set()
+    first.join(SERVER_TIMEOUT_S)
+    assert results == {"first": "first", "second": threading.current_thread().name}
+    del slow

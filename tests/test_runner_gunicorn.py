@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+httpx = pytest.importorskip("httpx")
 pytest.importorskip("gunicorn.workers.gthread")
 
 TIMEOUT = 10

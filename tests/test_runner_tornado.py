@@ -16,13 +16,13 @@ import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-import httpx
 import pytest
 from helpers import parent_of, spans_named
 
 import ctxrelay
 from ctxrelay import spans
 
+httpx = pytest.importorskip("httpx")
 tornado_web = pytest.importorskip("tornado.web")
 from tornado.concurrent import run_on_executor  # noqa: E402
 from tornado.httpserver import HTTPServer  # noqa: E402

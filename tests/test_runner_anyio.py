@@ -18,7 +18,9 @@ anyio = pytest.importorskip("anyio")
 import anyio.to_thread  # noqa: E402
 from helpers import parent_of, spans_named  # noqa: E402
 from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
 from opentelemetry.trace import StatusCode  # noqa: E402
 
 import ctxrelay  # noqa: E402
@@ -51,7 +53,8 @@ def test_hop_span_around_each_call_inside_anyios_copy(
 
     # Without ctxrelay: values already follow (anyio copies), but no hop is recorded.
     assert in_fresh_context(main) == ["caller", "caller"]
-    assert [parent_of(s, exporter).name for s in spans_named(exporter, "work")] == ["caller", "caller"]
+    parents = [parent_of(s, exporter).name for s in spans_named(exporter, "work")]
+    assert parents == ["caller", "caller"]
 
     exporter.clear()
     ctxrelay.instrument()
@@ -68,7 +71,8 @@ def test_hop_span_around_each_call_inside_anyios_copy(
         assert hop.attributes[spans.ATTR_ORIGIN_THREAD_ID] == threading.get_ident()
         assert parent_of(hop, exporter).context.span_id == caller.context.span_id
     # The worker thread itself is anyio's plumbing: no span for its life.
-    assert not [s for s in exporter.get_finished_spans() if s.attributes.get(spans.ATTR_RUNNER) == "Thread"]
+    runners = {s.attributes.get(spans.ATTR_RUNNER) for s in exporter.get_finished_spans()}
+    assert "Thread" not in runners
 
 
 def test_work_runs_in_anyios_own_copy() -> None:
@@ -92,7 +96,9 @@ def test_work_runs_in_anyios_own_copy() -> None:
     assert in_fresh_context(main) == "none"
 
 
-def test_exception_passes_through_unchanged(tracer: trace.Tracer, exporter: InMemorySpanExporter) -> None:
+def test_exception_passes_through_unchanged(
+    tracer: trace.Tracer, exporter: InMemorySpanExporter
+) -> None:
     error = ValueError("boom")
     calls: list[int] = []
 
@@ -142,7 +148,9 @@ def _payload_pinned_by_idle_worker() -> bool:
     return bool(in_fresh_context(main))
 
 
-def test_worker_threads_do_not_pin_the_starting_calls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_threads_do_not_pin_the_starting_calls_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert not _payload_pinned_by_idle_worker()  # without ctxrelay
 
     ctxrelay.instrument()

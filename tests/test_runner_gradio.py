@@ -31,7 +31,9 @@ from attrs import define  # noqa: E402
 from griptape.events import BaseEvent, EventBus, EventListener  # noqa: E402
 from helpers import parent_of, spans_named  # noqa: E402
 from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
 
 import ctxrelay  # noqa: E402
 from ctxrelay import spans  # noqa: E402
@@ -171,7 +173,9 @@ def test_module_level_listener_fires_in_every_handler(
     assert no_internet == []
 
 
-def test_generator_context_only_without_the_thread_patch(tracer: trace.Tracer, no_internet: list[Any]) -> None:
+def test_generator_context_only_without_the_thread_patch(
+    tracer: trace.Tracer, no_internet: list[Any]
+) -> None:
     """The generator fix stands on its own: with the thread patch excluded the launcher's
     listener is lost (nothing carries it into the server thread) but each generator
     still keeps its own context from step to step."""

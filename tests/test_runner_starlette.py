@@ -65,7 +65,11 @@ def make_app(tracer: trace.Tracer, kind: str) -> Any:
     sync_endpoint, async_endpoint, stream = _endpoints(tracer)
     if kind == "starlette":
         return Starlette(
-            routes=[Route("/sync", sync_endpoint), Route("/async", async_endpoint), Route("/stream", stream)]
+            routes=[
+                Route("/sync", sync_endpoint),
+                Route("/async", async_endpoint),
+                Route("/stream", stream),
+            ]
         )
     app = FastAPI()
     app.get("/sync")(sync_endpoint)
@@ -103,7 +107,9 @@ KINDS = pytest.mark.parametrize("kind", ["starlette", "fastapi"])
 
 
 @KINDS
-def test_endpoints_see_the_context_of_the_thread_that_started_the_server(tracer: trace.Tracer, kind: str) -> None:
+def test_endpoints_see_the_context_of_the_thread_that_started_the_server(
+    tracer: trace.Tracer, kind: str
+) -> None:
     assert serve_and_get(tracer, ["/sync", "/async"], kind=kind) == ["lost", "lost"]
 
     ctxrelay.instrument()
@@ -158,7 +164,9 @@ def nearest_hop(span: Any, exporter: InMemorySpanExporter) -> Any:
     return parent
 
 
-def test_endpoint_spans_are_children_of_hop_spans(tracer: trace.Tracer, exporter: InMemorySpanExporter) -> None:
+def test_endpoint_spans_are_children_of_hop_spans(
+    tracer: trace.Tracer, exporter: InMemorySpanExporter
+) -> None:
     # Without ctxrelay the endpoints' spans start new traces: nothing links them to the
     # span that was current where the server was started.
     serve_and_get(tracer, ["/sync", "/async"], in_span=True)
@@ -173,7 +181,11 @@ def test_endpoint_spans_are_children_of_hop_spans(tracer: trace.Tracer, exporter
     (serve,) = spans_named(exporter, "serve")
 
     # The server thread is one hop (runner "Thread"), a child of "serve".
-    (server_hop,) = [s for s in spans_named(exporter, "Thread ") if s.attributes[spans.THREAD_NAME] == "uvicorn-test-server"]
+    (server_hop,) = [
+        s
+        for s in spans_named(exporter, "Thread ")
+        if s.attributes[spans.THREAD_NAME] == "uvicorn-test-server"
+    ]
     assert server_hop.attributes[spans.CODE_FUNCTION_NAME] == "uvicorn.server.Server.run"
     assert parent_of(server_hop, exporter).context.span_id == serve.context.span_id
 

@@ -25,7 +25,15 @@ from typing import Any, Callable, TypeVar
 from ctxrelay import spans
 from ctxrelay.spans import settings as _span_settings
 
-__all__ = ["Relayed", "bind", "capture", "hand_over", "run_hop", "step_in_own_context", "thread_is_exempt"]
+__all__ = [
+    "Relayed",
+    "bind",
+    "capture",
+    "hand_over",
+    "run_hop",
+    "step_in_own_context",
+    "thread_is_exempt",
+]
 
 T = TypeVar("T")
 

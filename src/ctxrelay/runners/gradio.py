@@ -32,14 +32,18 @@ NAME = "gradio"
 RUNNER = "gradio"
 
 
-def keep_generator_context(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def keep_generator_context(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Around ``run_sync_iterator_async(iterator)``; runs in the worker thread."""
     if len(args) == 1 and not kwargs:
         return relay.step_in_own_context(wrapped, args[0])
     return wrapped(*args, **kwargs)
 
 
-def name_server_thread(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def name_server_thread(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Around ``Server.run_in_thread()``: the server thread's hop is named ``gradio``."""
     with relay.threads_started_as(RUNNER):
         return wrapped(*args, **kwargs)

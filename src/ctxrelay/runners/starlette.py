@@ -28,7 +28,9 @@ from ctxrelay.patching import Patch
 NAME = "starlette"
 
 
-def keep_iterator_context(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def keep_iterator_context(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Around ``_next(iterator)``; runs in the worker thread."""
     if len(args) == 1 and not kwargs:
         return relay.step_in_own_context(wrapped, args[0])

@@ -44,10 +44,7 @@ dispatch span only when ``record_payloads`` is on, as a bounded ``repr``.
 from __future__ import annotations
 
 import inspect
-import reprlib
-import sys
 import threading
-import weakref
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Iterator, TypeVar
@@ -58,6 +55,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from ctxrelay import spans
+from ctxrelay.listeners._describe import describe, module_attribute_name, text, type_name
 from ctxrelay.patching import Wrapper
 from ctxrelay.spans import settings
 
@@ -260,7 +258,7 @@ def _begin(bus: Bus, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any
             return None
         if not spans.recording_allowed():
             return None
-        event = _text(bus.event(instance, args, kwargs))
+        event = text(bus.event(instance, args, kwargs))
         thread = threading.current_thread()
         attributes: dict[str, Any] = {
             spans.ATTR_BUS: bus.name,
@@ -467,69 +465,3 @@ def listener_call(
         return dispatch.call(wrapped, index, args, kwargs, named=named, attributes=extra)
 
     return call_wrapper
-
-
-# --- describing things without recording values -------------------------------------
-
-_repr = reprlib.Repr()
-_repr.maxstring = 80
-_repr.maxother = 80
-_repr.maxlevel = 3
-
-
-def _text(value: Any) -> str:
-    text = value if isinstance(value, str) else str(value)
-    return text[: spans.MAX_ATTRIBUTE_LENGTH]
-
-
-def describe(value: Any) -> str:
-    """A bounded ``repr`` (only ever called when payload recording is opted in)."""
-    try:
-        text = _repr.repr(value)
-    except Exception:
-        text = f"<unrepresentable {type(value).__qualname__}>"
-    return text[: spans.MAX_ATTRIBUTE_LENGTH]
-
-
-def type_name(obj: Any) -> str:
-    """``module.Qualname`` of a class, or of an object's class: identity, never a value."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"[: spans.MAX_ATTRIBUTE_LENGTH]
-
-
-_names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-
-def module_attribute_name(obj: Any, default: str) -> str:
-    """The module-level name ``obj`` is bound to (``post_save``), found once and cached.
-
-    Django signals have no name of their own; the name they are imported by is what
-    people search for.  Modules named ``*signal*`` are searched first, then all.
-    """
-    try:
-        return _names[obj]
-    except (KeyError, TypeError):
-        pass
-    found = None
-    modules = list(sys.modules.items())
-    for prefer in (True, False):
-        for module_name, module in modules:
-            if ("signal" in module_name) is not prefer or module is None:
-                continue
-            try:
-                for attr, value in vars(module).items():
-                    if value is obj and not attr.startswith("_"):
-                        found = attr
-                        break
-            except TypeError:
-                continue
-            if found:
-                break
-        if found:
-            break
-    name = found or default
-    try:
-        _names[obj] = name
-    except TypeError:  # pragma: no cover - not weak-referenceable
-        pass
-    return name

@@ -176,3 +176,14 @@ def test_attribute_values_are_bounded() -> None:
 
     fn.__qualname__ = "x" * 10_000
     assert len(spans.callable_name(fn)) <= spans.MAX_ATTRIBUTE_LENGTH
+
+
+def test_hand_over_after_the_parent_ended_still_records_the_hop(exporter, tracer) -> None:
+    """A done-callback hands work over after its span ended: the hop stays in the trace."""
+    ctxrelay.instrument()
+    span = tracer.start_span("ended-parent")
+    span.end()
+    with trace.use_span(span, end_on_exit=False), ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: None).result()
+    (hop,) = spans_named(exporter, "ThreadPoolExecutor <lambda>")
+    assert hop.parent.span_id == span.get_span_context().span_id

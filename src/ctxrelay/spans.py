@@ -182,9 +182,11 @@ def hand_over(runner: str) -> Hop | None:
     """
     if not settings.hops:
         return None
-    if not trace.get_current_span().is_recording():
-        # Covers "no active span" (INVALID_SPAN) and an unsampled parent (a
-        # NonRecordingSpan): under a parent-based sampler the hop would not be sampled.
+    if not trace.get_current_span().get_span_context().trace_flags.sampled:
+        # Covers "no active span" (INVALID_SPAN) and an unsampled parent: under a
+        # parent-based sampler the hop would not be sampled.  The sampled flag, not
+        # is_recording(): a parent that has already ended (work handed over from a
+        # done-callback) is no longer recording, yet its children belong in the trace.
         return None
     if otel_context.get_value(_SUPPRESS_KEY):
         return None

@@ -61,7 +61,6 @@ ATTR_DETACHED = "ctxrelay.detached"
 # Listener-dispatch attributes (issue: spans for every event-listener dispatch).
 ATTR_BUS = "ctxrelay.bus"
 ATTR_EVENT = "ctxrelay.event"
-ATTR_LISTENER = "ctxrelay.listener"
 ATTR_LISTENERS = "ctxrelay.listeners"
 ATTR_LISTENER_INDEX = "ctxrelay.listener.index"
 ATTR_LISTENER_DRIVER = "ctxrelay.listener.driver"

@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+pytest.importorskip("httpx")
 
 import httpx
 from asgi_servers import SERVER_TIMEOUT_S, uvicorn_in_thread

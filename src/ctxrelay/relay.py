@@ -323,7 +323,8 @@ _iterator_contexts: dict[int, _IteratorContext] = {}
 def _forget_iterator(key: int, ref: weakref.ref[Any]) -> None:
     entry = _iterator_contexts.get(key)
     if entry is not None and entry.ref is ref:
-        del _iterator_contexts[key]
+        # pop, not del: a weakref callback must never raise (a racing drop is fine).
+        _iterator_contexts.pop(key, None)
 
 
 def step_in_own_context(step: Callable[[Any], T], iterator: Any) -> T:

@@ -55,14 +55,10 @@ def main() -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CTXRELAY_", "OTEL_", "PYTHON"))}
     with tempfile.TemporaryDirectory(prefix="ctxrelay-startup-") as tmp:
-        from hatchling.build import build_wheel
-
-        cwd = os.getcwd()
-        os.chdir(ROOT)
-        try:
-            wheel = Path(tmp) / build_wheel(tmp)
-        finally:
-            os.chdir(cwd)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, str(ROOT)], check=True
+        )
+        (wheel,) = Path(tmp).glob("ctxrelay-*.whl")
         bare = _venv(Path(tmp) / "bare", None)
         installed = _venv(Path(tmp) / "installed", wheel)
         cases = {

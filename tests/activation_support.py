@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import pytest
+
 VENV_BIN = Path(sys.executable).parent
 CTXRELAY = VENV_BIN / "ctxrelay"
 PROBE_PREFIX = "CTXRELAY_PROBE "
@@ -78,6 +80,28 @@ from probe import probe
 probe("app")
 sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
 '''
+
+
+def require(script: str) -> Path:
+    """This venv's console script ``script``; skipped if absent, except under CI=true."""
+    path = VENV_BIN / script
+    if not path.exists():
+        reason = f"{path} is not installed (the 'frameworks' extra has it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def build_wheel(directory: Path) -> Path:
+    """A wheel of this checkout, built the way pip builds it (isolated build environment)."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(directory), str(root)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = directory.glob("ctxrelay-*.whl")
+    return wheel
 
 
 def write_probe(directory: Path) -> Path:

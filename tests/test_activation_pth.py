@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from activation_support import base_env, carried, lost, probe_of, run, write_probe
+from activation_support import base_env, build_wheel, carried, lost, probe_of, run, write_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 PTH_NAME = "zz_ctxrelay.pth"
@@ -54,16 +54,10 @@ def test_invalid_value_warns_once_and_runs_without(app_dir: Path) -> None:
 def test_wheel_install_ships_the_hook(tmp_path: Path, app_dir: Path) -> None:
     """A regular (non-editable) wheel puts the hook at the top of site-packages.
 
-    The wheel is built with this venv's hatchling (no network); it is installed with
-    ``--no-deps`` into a fresh venv that sees the dependencies through a path entry.
+    The wheel is built as pip builds it; it is installed with ``--no-deps`` into a fresh
+    venv that sees this venv's packages through a plain path entry.
     """
-    dist = tmp_path / "dist"
-    built = subprocess.run(
-        [sys.executable, "-c", f"from hatchling.build import build_wheel; print(build_wheel({str(dist)!r}))"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert built.returncode == 0, built.stderr
-    wheel = dist / built.stdout.strip().splitlines()[-1]
+    wheel = build_wheel(tmp_path / "dist")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"

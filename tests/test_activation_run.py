@@ -18,6 +18,7 @@ from activation_support import (
     carried,
     lost,
     probe_of,
+    require,
     run,
     run_server_until_probe,
     write_probe,
@@ -127,6 +128,7 @@ def test_uvicorn_console_script(app_dir: Path) -> None:
         "        await receive()\n"
         "        await send({'type': 'lifespan.shutdown.complete'})\n"
     )
+    require("uvicorn")
     cmd = ["uvicorn", "asgi:app", "--host", "127.0.0.1", "--port", str(_free_port()), "--lifespan", "on"]
     plain, _ = run_server_until_probe(cmd, base_env(), app_dir)
     assert lost(plain)
@@ -141,6 +143,7 @@ def test_flask_run_with_reloader_child(app_dir: Path) -> None:
         # Only the reloader's child serves: probing there shows the child is activated.
         "if os.environ.get('WERKZEUG_RUN_MAIN') == 'true':\n    probe('flask-child')\n"
     )
+    require("flask")
     cmd = ["flask", "--app", "webapp", "run", "--reload", "--port", str(_free_port())]
     plain, _ = run_server_until_probe(cmd, base_env(), app_dir)
     assert lost(plain)
@@ -155,6 +158,7 @@ def test_gradio_cli(app_dir: Path) -> None:
         "demo = gr.Interface(lambda s: s, 'text', 'text')\n"
         "if __name__ == '__main__':\n    demo.launch()\n"
     )
+    require("gradio")
     env = base_env(GRADIO_SERVER_PORT=str(_free_port()), GRADIO_ANALYTICS_ENABLED="False")
     plain, _ = run_server_until_probe(["gradio", "demo_app.py"], env, app_dir)
     assert lost(plain)

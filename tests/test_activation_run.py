@@ -172,3 +172,14 @@ def test_cli_module_entry(app_dir: Path) -> None:
         [sys.executable, "-m", "ctxrelay.cli", "--version"], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == f"ctxrelay {__version__}"
+
+
+def test_python_without_ctxrelay_runs_with_a_warning(app_dir: Path) -> None:
+    """A command whose interpreter cannot import ctxrelay still runs, and says why."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    check = subprocess.run([base, "-c", "import ctxrelay"], capture_output=True, timeout=60)
+    if check.returncode == 0 or base == sys.executable:
+        pytest.skip(f"{base} can import ctxrelay")
+    result = run([CTXRELAY, "run", base, "-c", "print('ran')"], base_env(), app_dir)
+    assert result.returncode == 0 and result.stdout.strip() == "ran"
+    assert "cannot import ctxrelay" in result.stderr and base in result.stderr

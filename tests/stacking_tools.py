@@ -38,6 +38,8 @@ from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 import ctxrelay
 
 VAR: ContextVar[str] = ContextVar("stacking_var", default="EMPTY")
+#: wrapt 2.x: FunctionWrapper derives from BaseObjectProxy, no longer from ObjectProxy
+PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 _START = "_start_joinable_thread" if hasattr(threading, "_start_joinable_thread") else "_start_new_thread"
 
 #: (owner, attribute) for everything ctxrelay, OpenTelemetry, Sentry or griptape patch.
@@ -70,7 +72,7 @@ def layers(obj: Any) -> list[str]:
     """The wrappers around an attribute, outermost first, ending with what they wrap."""
     found: list[str] = []
     for _ in range(16):
-        if isinstance(obj, wrapt.ObjectProxy):
+        if isinstance(obj, PROXY):
             found.append("wrapt:" + _name(getattr(obj, "_self_wrapper", None)))
             obj = obj.__wrapped__
         elif callable(obj) and hasattr(obj, "__wrapped__"):  # functools.wraps (Sentry)

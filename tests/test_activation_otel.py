@@ -28,6 +28,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from probe import probe
 
+#: wrapt 2.x: FunctionWrapper derives from BaseObjectProxy, no longer ObjectProxy
+PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+
 memory = InMemorySpanExporter()
 trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
 
@@ -35,9 +38,9 @@ trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
 def wrapped_attributes():
     places = [(threading.Thread, "start"), (threading.Thread, "run"), (threading.Thread, "_bootstrap_inner"),
               (ThreadPoolExecutor, "submit")]
-    found = [f"{o.__name__}.{a}" for o, a in places if isinstance(o.__dict__.get(a), wrapt.ObjectProxy)]
+    found = [f"{o.__name__}.{a}" for o, a in places if isinstance(o.__dict__.get(a), PROXY)]
     for module, names in ((threading, ("_start_new_thread", "_start_joinable_thread")), (pool_module, ("_WorkItem",))):
-        found += [f"{module.__name__}.{n}" for n in names if isinstance(getattr(module, n, None), wrapt.ObjectProxy)]
+        found += [f"{module.__name__}.{n}" for n in names if isinstance(getattr(module, n, None), PROXY)]
     return found
 
 

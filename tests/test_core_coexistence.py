@@ -18,6 +18,9 @@ from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
 import ctxrelay
 
+#: wrapt 2.x: FunctionWrapper derives from BaseObjectProxy, no longer ObjectProxy
+PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+
 var: contextvars.ContextVar[str] = contextvars.ContextVar("ctxrelay_coexist_var", default="EMPTY")
 PATCHED = [
     (threading.Thread, "start"),
@@ -30,9 +33,9 @@ PATCHED = [
 def _state() -> list[bool]:
     import concurrent.futures.thread as pool_module
 
-    flags = [isinstance(owner.__dict__.get(attr), wrapt.ObjectProxy) for owner, attr in PATCHED]
-    flags.append(isinstance(ThreadPoolExecutor.__dict__["submit"], wrapt.ObjectProxy))
-    flags.append(isinstance(pool_module._WorkItem, wrapt.ObjectProxy))
+    flags = [isinstance(owner.__dict__.get(attr), PROXY) for owner, attr in PATCHED]
+    flags.append(isinstance(ThreadPoolExecutor.__dict__["submit"], PROXY))
+    flags.append(isinstance(pool_module._WorkItem, PROXY))
     return flags
 
 
@@ -82,7 +85,7 @@ def test_either_order_keeps_a_working_consistent_state(order, otel_threading) ->
         else:
             assert _carried() == ("EMPTY", "EMPTY"), f"after {step}: ctxrelay is off"
         if otel_threading.is_instrumented_by_opentelemetry:
-            assert isinstance(threading.Thread.__dict__["start"], wrapt.ObjectProxy)
+            assert isinstance(threading.Thread.__dict__["start"], PROXY)
     assert _state() == clean, "every class is left as it was"
 
 

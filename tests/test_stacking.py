@@ -33,6 +33,8 @@ from typing import Any
 import pytest
 from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
+import ctxrelay
+
 pytest.importorskip("griptape")
 import stacking_tools  # noqa: E402 - after the skip: it imports griptape lazily, but needs it
 
@@ -149,3 +151,50 @@ def test_every_order_with_sentry_opentelemetry_and_griptape(steps: tuple[str, ..
     last = states[-1]
     assert not last["ctx"]
     assert all(seen["sentry"] for seen in last["seen"].values())
+
+
+# --- another tool's wrapt wrapper on top of ctxrelay's own hook points ----------------
+
+HOOK_POINTS = [
+    (stacking_tools.threading.Thread, "_bootstrap_inner"),
+    (stacking_tools.pool_module, "_WorkItem"),
+    (stacking_tools.threading, stacking_tools._START),
+    (stacking_tools.asyncio.base_events.BaseEventLoop, "run_in_executor"),
+]
+
+
+def _passthrough(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    calls.append(1)
+    return wrapped(*args, **kwargs)
+
+
+calls: list[int] = []
+
+
+@pytest.mark.parametrize("owner,attr", HOOK_POINTS, ids=[a for _, a in HOOK_POINTS])
+def test_a_wrapper_stacked_on_ctxrelays_is_kept_and_ctxrelay_spliced_out(owner: Any, attr: str) -> None:
+    """Any wrapt-based tool (OpenTelemetry's unwrap style) wrapping after ctxrelay at the
+    same place: ctxrelay's uninstrument() splices itself out of the chain, leaving the
+    other wrapper directly around the original, and an OpenTelemetry-style unwrap of the
+    other tool then restores the very original object."""
+    import wrapt
+
+    original = stacking_tools._raw(owner, attr)
+    ctxrelay.instrument()
+    wrapt.wrap_function_wrapper(owner, attr, _passthrough)
+    try:
+        ctxrelay.uninstrument()
+        outer = stacking_tools._raw(owner, attr)
+        assert stacking_tools.layers(outer)[0].endswith("._passthrough")
+        assert outer.__wrapped__ is original, "ctxrelay's wrapper is out of the chain"
+        calls.clear()
+        stacking_tools.Stack(sentry=False).observe()
+        assert calls, "the other tool still runs"
+    finally:
+        current = stacking_tools._raw(owner, attr)
+        setattr(owner, attr, current.__wrapped__)  # what opentelemetry's unwrap does
+    assert stacking_tools._raw(owner, attr) is original
+    ctxrelay.instrument()  # and ctxrelay comes back cleanly, once
+    assert [layer for layer in stacking_tools.layers(stacking_tools._raw(owner, attr)) if "ctxrelay" in layer]
+    ctxrelay.uninstrument()
+    assert stacking_tools._raw(owner, attr) is original

@@ -70,6 +70,11 @@ class _Installed:
     switch: list[bool]
 
 
+#: What a wrapper chain is made of.  wrapt 2.x derives FunctionWrapper from
+#: BaseObjectProxy, no longer from ObjectProxy: checking ObjectProxy there finds no chain
+#: and parks ctxrelay's wrapper instead of splicing it out from under another tool's.
+_PROXY: type = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+
 _lock = threading.RLock()
 _wanted: dict[str, list[Patch]] = {}  # module name -> patches waiting for / applied to it
 _installed: dict[Patch, _Installed] = {}
@@ -119,11 +124,13 @@ def _on_import(module: Any) -> None:
 def _install(patch: Patch) -> None:
     try:
         parked = _parked.pop(patch, None)
+        module = sys.modules[patch.module]
         if parked is not None and _still_in_chain(parked):
             parked.switch[:] = [True]
             _installed[patch] = parked
+            if patch.on_apply is not None:
+                patch.on_apply(module)
             return
-        module = sys.modules[patch.module]
         owner, attr, original = wrapt.resolve_path(module, patch.path)
         had_own = attr in vars(owner) if isinstance(owner, type) else True
         switch = [True]
@@ -147,7 +154,7 @@ def _still_in_chain(inst: _Installed) -> bool:
     for _ in range(64):
         if node is inst.proxy:
             return True
-        if not isinstance(node, wrapt.ObjectProxy):
+        if not isinstance(node, _PROXY):
             return False
         node = node.__wrapped__
     return False
@@ -175,7 +182,7 @@ def _remove(inst: _Installed) -> None:
         return
     node = current
     for _ in range(64):
-        if not isinstance(node, wrapt.ObjectProxy):
+        if not isinstance(node, _PROXY):
             break
         inner = node.__wrapped__
         if inner is inst.proxy:

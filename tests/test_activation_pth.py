@@ -84,3 +84,11 @@ def test_wheel_install_ships_the_hook(tmp_path: Path, app_dir: Path) -> None:
     # ... and the console script works from the wheel too.
     report = probe_of(run([venv / "bin" / "ctxrelay", "run", "python", "app.py"], env, app_dir))
     assert carried(report) and report["activated_by"] == "run"
+
+
+def test_a_bad_setting_warns_once_through_activation(app_dir: Path) -> None:
+    """Activation reads the settings twice (to decide, then to instrument): still one warning."""
+    env = base_env(CTXRELAY_ENABLED="1", CTXRELAY_HOP_SPANS="maybe")
+    result = run(["python", "app.py"], env, app_dir)
+    assert carried(probe_of(result))
+    assert len([line for line in result.stderr.splitlines() if "CTXRELAY_HOP_SPANS" in line]) == 1, result.stderr

@@ -24,9 +24,9 @@ def _activate() -> Any:
         return None  # this directory got onto PYTHONPATH some other way: do nothing
     try:
         from ctxrelay import bootstrap
-    except ImportError as exc:  # this interpreter does not have ctxrelay installed
+    except Exception as exc:  # not installed for this interpreter, or broken: never fatal
         print(
-            f"ctxrelay run: {sys.executable} cannot import ctxrelay ({exc}); "
+            f"ctxrelay run: {sys.executable} cannot import ctxrelay ({type(exc).__name__}: {exc}); "
             "running without it. Install ctxrelay in the environment of that Python.",
             file=sys.stderr,
         )

@@ -6,7 +6,7 @@ EXTRAS ?= test,frameworks,bench
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv test demo bench clean phoenix
+.PHONY: venv test demo bench clean phoenix matrix test-slow ci
 
 # Arize Phoenix, the real OTLP receiver of the end-to-end tests (tests/test_e2e_phoenix.py).
 # Its dependency tree is huge and pins things gradio also pins: it gets its own venv,
@@ -33,6 +33,19 @@ phoenix: $(PHOENIX_STAMP)
 
 test: venv phoenix
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Big load counts and every stacking order too (what CI runs on the default Python).
+test-slow: venv phoenix
+	CTXRELAY_RUN_SLOW=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The core-level suites on every CPython 3.10-3.13 under pyenv and on wrapt 1.17 / 2.x,
+# each in its own light venv (.venv-3.1x, .venv-wrapt1, .venv-wrapt2): see .ci/run.
+matrix:
+	PYTHON=$(PYTHON) .ci/run matrix
+
+# Everything CI runs: test-slow, then matrix.
+ci:
+	PYTHON=$(PYTHON) .ci/run
 
 # The same app twice: without ctxrelay (listeners lost in other threads), then with it
 # (all there; the trace trees go to stderr at exit).  Ends by itself in a few seconds.

@@ -126,12 +126,12 @@ def _hook_points() -> dict[str, Any]:
 
     points = {
         "Thread._bootstrap_inner": threading.Thread.__dict__["_bootstrap_inner"],
-        "threading._start_new_thread": threading._start_new_thread,  # type: ignore[attr-defined]
         "_WorkItem": pool_module._WorkItem,
         "BaseEventLoop.run_in_executor": asyncio.base_events.BaseEventLoop.__dict__["run_in_executor"],
     }
-    if hasattr(threading, "_start_joinable_thread"):
-        points["threading._start_joinable_thread"] = threading._start_joinable_thread  # type: ignore[attr-defined]
+    for name in ("_start_new_thread", "_start_joinable_thread"):  # 3.10-3.12 / 3.13+
+        if hasattr(threading, name):
+            points[f"threading.{name}"] = getattr(threading, name)
     return points
 
 

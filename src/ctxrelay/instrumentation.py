@@ -74,6 +74,7 @@ def instrument(
             return
         if _selected is not None:
             patching.remove_all()
+            relay.clear_exemptions()
         patching.apply(p for p in table.patches() if p.name in selected)
         _selected = selected
 
@@ -101,6 +102,7 @@ def uninstrument() -> None:
         if _selected is None:
             return
         patching.remove_all()
+        relay.clear_exemptions()
         spans.disable()
         relay.skip_vars(frozenset())
         _selected = None

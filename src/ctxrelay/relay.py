@@ -250,6 +250,12 @@ def exempt_thread_class(cls: type) -> None:
     _exempt_classes.add(cls)
 
 
+def clear_exemptions() -> None:
+    """Forget every exemption (``uninstrument()``); patches re-register theirs when applied."""
+    _exempt_targets.clear()
+    _exempt_classes.clear()
+
+
 def thread_is_exempt(thread: threading.Thread) -> bool:
     if type(thread) in _exempt_classes:
         return True

@@ -372,3 +372,12 @@ def step_in_own_context(step: Callable[[Any], T], iterator: Any) -> T:
         busy.release()
         # A kept traceback holds this frame: it must not pin the generator's context.
         context = entry = None  # noqa: F841
+
+
+def stepping_in_own_context(
+    wrapped: Callable[[Any], T], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    """wrapt wrapper for a ``step(iterator)`` helper that a pool calls once per ``next()``."""
+    if len(args) == 1 and not kwargs:
+        return step_in_own_context(wrapped, args[0])
+    return wrapped(*args, **kwargs)

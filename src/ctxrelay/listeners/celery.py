@@ -12,27 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctxrelay.listeners import _dispatch
+from ctxrelay.listeners import _dispatch, _signals
 from ctxrelay.patching import Patch
 
 NAME = "celery"
+_receivers = _signals.ReceiverCache()
 _MODULE = "celery.utils.dispatch.signal"
-_no_receivers: list[object] = []  # Celery's NO_RECEIVERS marker, read when Celery loads
-
-
-def _remember_marker(module: Any) -> None:
-    _no_receivers[:] = [module.NO_RECEIVERS]
-
-
-def _sender(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return args[0] if args else kwargs.get("sender")
-
-
-def _has_listeners(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    if not signal.receivers:
-        return False
-    marker = _no_receivers[0] if _no_receivers else None
-    return marker is None or signal.sender_receivers_cache.get(_sender(signal, args, kwargs)) is not marker
 
 
 def _event(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -43,14 +28,14 @@ def _event(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 BUS = _dispatch.Bus(
     NAME,
     event=_event,
-    has_listeners=_has_listeners,
-    sender=_sender,
-    payload=lambda signal, args, kwargs: {k: v for k, v in kwargs.items() if k != "sender"},
+    has_listeners=_receivers.has_listeners,
+    sender=_signals.sender,
+    payload=_signals.payload,
     pairs=True,
 )
 
 PATCHES = (
-    Patch(NAME, _MODULE, "Signal.send", _dispatch.dispatching(BUS), on_apply=_remember_marker),
+    Patch(NAME, _MODULE, "Signal.send", _dispatch.dispatching(BUS), on_apply=_receivers.remember_marker),
     Patch(NAME, _MODULE, "Signal.send_robust", _dispatch.dispatching(BUS)),
     Patch(NAME, _MODULE, "Signal._live_receivers", _dispatch.listeners_from(NAME)),
 )

@@ -17,28 +17,12 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from ctxrelay.listeners import _dispatch
+from ctxrelay.listeners import _dispatch, _signals
 from ctxrelay.patching import Patch
 
 NAME = "django"
+_receivers = _signals.ReceiverCache()
 _MODULE = "django.dispatch.dispatcher"
-_no_receivers: list[object] = []  # Django's NO_RECEIVERS marker, read when Django loads
-
-
-def _remember_marker(module: Any) -> None:
-    _no_receivers[:] = [module.NO_RECEIVERS]
-
-
-def _sender(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return args[0] if args else kwargs.get("sender")
-
-
-def _has_listeners(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    # Django's own fast path, without calling _live_receivers a second time.
-    if not signal.receivers:
-        return False
-    marker = _no_receivers[0] if _no_receivers else None
-    return marker is None or signal.sender_receivers_cache.get(_sender(signal, args, kwargs)) is not marker
 
 
 def _has_asend() -> bool:
@@ -51,14 +35,14 @@ def _has_asend() -> bool:
 BUS = _dispatch.Bus(
     NAME,
     event=lambda signal, args, kwargs: _dispatch.module_attribute_name(signal, type(signal).__name__),
-    has_listeners=_has_listeners,
-    sender=_sender,
-    payload=lambda signal, args, kwargs: {k: v for k, v in kwargs.items() if k != "sender"},
+    has_listeners=_receivers.has_listeners,
+    sender=_signals.sender,
+    payload=_signals.payload,
     pairs=True,
 )
 
 PATCHES = (
-    Patch(NAME, _MODULE, "Signal.send", _dispatch.dispatching(BUS), on_apply=_remember_marker),
+    Patch(NAME, _MODULE, "Signal.send", _dispatch.dispatching(BUS), on_apply=_receivers.remember_marker),
     Patch(NAME, _MODULE, "Signal.send_robust", _dispatch.dispatching(BUS)),
     Patch(NAME, _MODULE, "Signal.asend", _dispatch.dispatching_async(BUS), applies=_has_asend),
     Patch(NAME, _MODULE, "Signal.asend_robust", _dispatch.dispatching_async(BUS), applies=_has_asend),

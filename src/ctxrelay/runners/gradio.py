@@ -32,15 +32,6 @@ NAME = "gradio"
 RUNNER = "gradio"
 
 
-def keep_generator_context(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Around ``run_sync_iterator_async(iterator)``; runs in the worker thread."""
-    if len(args) == 1 and not kwargs:
-        return relay.step_in_own_context(wrapped, args[0])
-    return wrapped(*args, **kwargs)
-
-
 def name_server_thread(
     wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -50,6 +41,6 @@ def name_server_thread(
 
 
 PATCHES = (
-    Patch(NAME, "gradio.utils", "run_sync_iterator_async", keep_generator_context),
+    Patch(NAME, "gradio.utils", "run_sync_iterator_async", relay.stepping_in_own_context),
     Patch(NAME, "gradio.http_server", "Server.run_in_thread", name_server_thread),
 )

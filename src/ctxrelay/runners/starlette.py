@@ -20,21 +20,9 @@ call; the anyio runner records those hops.  A server in a background thread
 
 from __future__ import annotations
 
-from typing import Any
-
 from ctxrelay import relay
 from ctxrelay.patching import Patch
 
 NAME = "starlette"
 
-
-def keep_iterator_context(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Around ``_next(iterator)``; runs in the worker thread."""
-    if len(args) == 1 and not kwargs:
-        return relay.step_in_own_context(wrapped, args[0])
-    return wrapped(*args, **kwargs)
-
-
-PATCHES = (Patch(NAME, "starlette.concurrency", "_next", keep_iterator_context),)
+PATCHES = (Patch(NAME, "starlette.concurrency", "_next", relay.stepping_in_own_context),)

@@ -194,6 +194,23 @@ def added_cost_table(rounds: list[dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def gc_table(rounds: list[dict[str, dict[str, float]]], configs: tuple[str, ...], scale: float) -> str:
+    count = f"{max(1, int(COUNTS['pool8'] * scale)):,}"
+    lines = [
+        "| | " + " | ".join(LABELS[c] for c in configs) + " |",
+        "|---" * (len(configs) + 1) + "|",
+        "| objects tracked by the GC kept alive per queued task | "
+        + " | ".join(f"{median_of(rounds, c, 'kept'):.0f}" for c in configs) + " |",
+        f"| time in cyclic GC during TPE(8), {count} tasks (ms) | "
+        + " | ".join(f"{median_of(rounds, c, 'pool8.gc') / 1e6:.0f}" for c in configs) + " |",
+        "| … share of that scenario's CPU time | "
+        + " | ".join(
+            f"{statistics.median(r[c]['pool8.gc'] / r[c]['pool8.cpu'] for r in rounds):.0%}" for c in configs
+        ) + " |",
+    ]
+    return "\n".join(lines)
+
+
 def targets(rounds: list[dict[str, dict[str, float]]]) -> list[tuple[str, str, str, bool]]:
     """(target, measured, how, met) for each target of the core issue."""
     found: list[tuple[str, str, str, bool]] = []
@@ -309,6 +326,8 @@ def report(
         parts += ["### Targets", targets_table(targets(rounds))]
         parts += ["### Added cost per task", added_cost_table(rounds)]
     parts += [
+        "### The garbage collector in the TPE(8) scenario",
+        gc_table(rounds, configs, args.scale),
         "### Ratios to bare",
         ratio_table(rounds, configs, "cpu", args.scale),
         "",

@@ -151,15 +151,47 @@ def round_trip(n: int) -> Clock:
     return clock
 
 
-def pool8(n: int) -> Clock:
-    """ThreadPoolExecutor(8): submit n no-op tasks, wait for all, shut down."""
+def pool8(n: int) -> tuple[Clock, int]:
+    """ThreadPoolExecutor(8): submit n no-op tasks, wait for all, shut down.
+
+    Also returns the ns spent in the cyclic garbage collector meanwhile: the caller
+    outruns the workers, so most tasks sit in the queue, and whatever an
+    instrumentation keeps alive per queued task is traversed by every collection.
+    """
+    in_gc = [0, 0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            in_gc[1] = time.perf_counter_ns()
+        else:
+            in_gc[0] += time.perf_counter_ns() - in_gc[1]
+
     with Clock() as clock:
-        with ThreadPoolExecutor(8) as pool:
-            submit = pool.submit
-            futures = [submit(noop) for _ in range(n)]
-            wait(futures)
+        gc.callbacks.append(on_gc)
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                submit = pool.submit
+                futures = [submit(noop) for _ in range(n)]
+                wait(futures)
+        finally:
+            gc.callbacks.remove(on_gc)
     del futures
-    return clock
+    return clock, in_gc[0]
+
+
+def kept_per_task(n: int) -> float:
+    """Objects tracked by the garbage collector that each queued task keeps alive."""
+    with ThreadPoolExecutor(1) as pool:
+        gate = threading.Event()
+        pool.submit(gate.wait)
+        gc.collect()
+        before = len(gc.get_objects())
+        futures = [pool.submit(noop) for _ in range(n)]
+        gc.collect()
+        kept = (len(gc.get_objects()) - before - 1) / n  # - 1: the list itself
+        gate.set()
+    del futures
+    return kept
 
 
 def threads(n: int) -> Clock:
@@ -246,7 +278,10 @@ def run(config: str, scale: float, repeats: int) -> dict[str, float]:
                 "sdk_span_like_hop", sdk_span_like_hop(tracer, counts["sdk_span"]), counts["sdk_span"]
             )
         # One long run: it is the end-to-end figure, and long enough to average itself.
-        results.add("pool8", pool8(counts["pool8"]), 1)
+        clock, in_gc = pool8(counts["pool8"])
+        results.add("pool8", clock, 1)
+        results.values["pool8.gc"] = in_gc
+        results.values["kept"] = kept_per_task(1000)
     provider.shutdown()
     return results.values
 

@@ -118,7 +118,10 @@ def span_checks(rows: list[Row], tracer: trace.Tracer) -> None:
     with tracer.start_as_current_span("unsampled root", context=otel_context.Context()):
         measure(rows, group, "`trace.get_current_span()`", lambda: lambda: trace.get_current_span())
         current = trace.get_current_span()
-        measure(rows, group, "`span.is_recording()`", lambda: lambda: current.is_recording())
+        measure(
+            rows, group, "`span.get_span_context().trace_flags.sampled`",
+            lambda: lambda: current.get_span_context().trace_flags.sampled,
+        )
         measure(rows, group, "`spans.hand_over(runner)` (returns None)", lambda: lambda: spans.hand_over(RUNNER))
         from ctxrelay import relay
 

@@ -69,9 +69,11 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_one(config: str, scale: float, repeats: int) -> dict[str, float]:
+def run_one(config: str, scale: float, repeats: int, preload: list[str]) -> dict[str, float]:
     command = [sys.executable, str(HERE / "workloads.py"), config]
     command += ["--scale", str(scale), "--repeats", str(repeats)]
+    for path in preload:
+        command += ["--preload", path]
     done = subprocess.run(
         command, env=child_env(), capture_output=True, text=True, timeout=900, check=False
     )
@@ -104,7 +106,7 @@ def hotpath_table(rows: list[list[Any]]) -> str:
 
 
 def collect(
-    configs: tuple[str, ...], reps: int, scale: float, repeats: int
+    configs: tuple[str, ...], reps: int, scale: float, repeats: int, preload: list[str]
 ) -> list[dict[str, dict[str, float]]]:
     """One dict per round: config -> metric -> ns."""
     rounds: list[dict[str, dict[str, float]]] = []
@@ -114,7 +116,7 @@ def collect(
         this_round: dict[str, dict[str, float]] = {}
         for config in order:
             started = time.monotonic()
-            this_round[config] = run_one(config, scale, repeats)
+            this_round[config] = run_one(config, scale, repeats, preload)
             print(
                 f"  round {rep + 1}/{reps}: {config:<9} {time.monotonic() - started:5.1f} s",
                 file=sys.stderr,
@@ -308,7 +310,7 @@ def machine_facts(args: argparse.Namespace, elapsed: float) -> str:
         f"- {args.reps} rounds × {len(args.configs)} configurations, one process each; "
         f"counts × {args.scale}; short scenarios best of {args.repeats} per process; "
         f"total {elapsed:.0f} s{' (--quick)' if args.quick else ''}",
-    ])
+    ] + [f"- **with a proposal preloaded** in the ctxrelay processes: `{Path(p).name}`" for p in args.preload])
 
 
 def report(
@@ -368,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="best-of-N per process for short scenarios; default 5, quick 3")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md alone")
+    parser.add_argument(
+        "--preload", action="append", default=[], metavar="FILE",
+        help="run FILE in every ctxrelay process before instrument(): measures a proposed "
+        "change (see benchmarks/proposals/) without editing src/; implies --no-write",
+    )
     parser.add_argument("--no-hotpath", action="store_true", help="skip the step-by-step breakdown")
     parser.add_argument("--json", type=Path, help="also save the raw per-round numbers here")
     args = parser.parse_args(argv)
@@ -379,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     args.configs = [c for c in CONFIGS if c in args.configs]
 
     started = time.monotonic()
-    rounds = collect(tuple(args.configs), args.reps, args.scale, args.repeats)
+    args.preload = [str(Path(p).resolve()) for p in args.preload]
+    if args.preload:
+        args.no_write = True  # a proposal's numbers must not pass for the code's
+    rounds = collect(tuple(args.configs), args.reps, args.scale, args.repeats, args.preload)
     hotpath = [] if args.no_hotpath else run_hotpath()
     elapsed = time.monotonic() - started
     if args.json:

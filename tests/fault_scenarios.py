@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -119,7 +120,7 @@ def scenario_fork() -> None:
                 with open(OUT + ".child", "w", encoding="utf-8") as out:
                     json.dump({"seen": child_seen}, out)
             finally:
-                os._exit(0 if ok else 3)  # noqa: SLF001 - a forked child must not run atexit twice
+                os._exit(0 if ok else 3)
     deadline = time.monotonic() + 60
     status = None
     while time.monotonic() < deadline:

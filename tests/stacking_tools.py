@@ -27,9 +27,10 @@ import socketserver  # noqa: F401 - idem
 import sys
 import threading
 import types
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
-from typing import Any, Callable
+from typing import Any
 
 import wrapt
 from opentelemetry import trace
@@ -40,7 +41,11 @@ import ctxrelay
 VAR: ContextVar[str] = ContextVar("stacking_var", default="EMPTY")
 #: wrapt 2.x: FunctionWrapper derives from BaseObjectProxy, no longer from ObjectProxy
 PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
-_START = "_start_joinable_thread" if hasattr(threading, "_start_joinable_thread") else "_start_new_thread"
+_START = (
+    "_start_joinable_thread"
+    if hasattr(threading, "_start_joinable_thread")
+    else "_start_new_thread"
+)
 
 #: (owner, attribute) for everything ctxrelay, OpenTelemetry, Sentry or griptape patch.
 PATCHED: list[tuple[Any, str]] = [
@@ -65,7 +70,9 @@ def _raw(owner: Any, attr: str) -> Any:
 def _name(obj: Any) -> str:
     if isinstance(obj, types.ModuleType):
         return obj.__name__
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+    return (
+        f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+    )
 
 
 def layers(obj: Any) -> list[str]:
@@ -133,7 +140,9 @@ class Stack:
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-        driver = OpenTelemetryObservabilityDriver(span_processor=SimpleSpanProcessor(InMemorySpanExporter()))
+        driver = OpenTelemetryObservabilityDriver(
+            span_processor=SimpleSpanProcessor(InMemorySpanExporter())
+        )
         self.griptape = Observability(observability_driver=driver)
         self.griptape.__enter__()
 
@@ -182,7 +191,11 @@ class Stack:
 
             seen["run_in_executor"] = asyncio.run(in_loop())
         return {
-            runner: {"var": var == "carried", "trace": tid == trace_id, **({"sentry": tag == "tagged"} if self.sentry else {})}
+            runner: {
+                "var": var == "carried",
+                "trace": tid == trace_id,
+                **({"sentry": tag == "tagged"} if self.sentry else {}),
+            }
             for runner, (var, tid, tag) in seen.items()
         }
 
@@ -191,7 +204,7 @@ class Stack:
         if self.sentry:
             import sentry_sdk
 
-            tag = sentry_sdk.get_isolation_scope()._tags.get("stacking")  # noqa: SLF001
+            tag = sentry_sdk.get_isolation_scope()._tags.get("stacking")
         return VAR.get(), trace.get_current_span().get_span_context().trace_id, tag
 
 
@@ -216,7 +229,9 @@ def run_sequence(steps: list[str], sentry: bool) -> list[dict[str, Any]]:
                     "ctx_points_original": all(
                         now[point] is originals[point]
                         if point in originals
-                        else not any(layer.startswith("wrapt:ctxrelay.") for layer in layers(now[point]))
+                        else not any(
+                            layer.startswith("wrapt:ctxrelay.") for layer in layers(now[point])
+                        )
                         for point in now
                     ),
                 }

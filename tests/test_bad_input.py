@@ -19,10 +19,11 @@ import sys
 import threading
 import uuid
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -107,10 +108,13 @@ def test_tree_file_that_cannot_be_opened_warns_and_writes_to_stderr(tmp_path: Pa
 
     target = str(tmp_path / "no-such-dir" / "tree.txt")
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(TreeSpanExporter(env={"CTXRELAY_TREE_FILE": target})))
+    provider.add_span_processor(
+        SimpleSpanProcessor(TreeSpanExporter(env={"CTXRELAY_TREE_FILE": target}))
+    )
+    span = provider.get_tracer("t").start_span("tree-root")
     with pytest.warns(config.ConfigWarning, match="CTXRELAY_TREE_FILE.*allowed values"):
-        provider.get_tracer("t").start_span("tree-root").end()
-        provider.shutdown()
+        span.end()  # a finished root span: its tree is written now
+    provider.shutdown()
     assert "tree-root" in capsys.readouterr().err
 
 
@@ -129,13 +133,15 @@ print("app ran:", box[0])
 def test_start_up_with_garbage_everywhere_warns_per_variable_and_runs(strict: bool) -> None:
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CTXRELAY_")}
     env["CTXRELAY_ENABLED"] = "1"
-    bad = [v for v, expected in VALIDATED.items() if expected is not None and v != "CTXRELAY_ENABLED"]
+    bad = [
+        v for v, expected in VALIDATED.items() if expected is not None and v != "CTXRELAY_ENABLED"
+    ]
     for variable in bad:
         env[variable] = _garbage()
     env["OTEL_TRACES_EXPORTER"] = "none"
     env["OTEL_METRICS_EXPORTER"] = env["OTEL_LOGS_EXPORTER"] = "none"
     args = [sys.executable, *(["-W", "error"] if strict else []), "-c", APP]
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(args, env=env, check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "app ran: carried"
     if not strict:
@@ -146,7 +152,14 @@ def test_start_up_with_garbage_everywhere_warns_per_variable_and_runs(strict: bo
 def test_start_up_with_garbage_enabled_warns_and_runs_uninstrumented() -> None:
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CTXRELAY_")}
     env["CTXRELAY_ENABLED"] = "perhaps"
-    done = subprocess.run([sys.executable, "-c", APP], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", APP],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "app ran: EMPTY"
     assert done.stderr.count("CTXRELAY_ENABLED='perhaps'") == 1
@@ -334,7 +347,9 @@ def _scenario(action: Callable[[], Any]) -> tuple[str, str]:
 
 @pytest.mark.parametrize("spans", [False, True], ids=["propagation", "with-spans"])
 @pytest.mark.parametrize("action", MISUSES, ids=[f.__name__ for f in MISUSES])
-def test_misuse_behaves_exactly_as_without_ctxrelay(action: Callable[[], Any], spans: bool, tracer) -> None:
+def test_misuse_behaves_exactly_as_without_ctxrelay(
+    action: Callable[[], Any], spans: bool, tracer
+) -> None:
     without = copy_context().run(_scenario, action)
     ctxrelay.instrument(spans=spans)
     with tracer.start_as_current_span("misuse"):

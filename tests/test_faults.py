@@ -28,10 +28,13 @@ SCENARIOS = Path(__file__).with_name("fault_scenarios.py")
 TIMEOUT = 120  # seconds; each scenario takes well under 5 on a loaded 2-core machine
 
 
-def run_scenario(name: str, tmp_path: Path, mode: str = "instrumented") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_scenario(
+    name: str, tmp_path: Path, mode: str = "instrumented"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     out = tmp_path / f"{name}.jsonl"
     done = subprocess.run(
         [sys.executable, str(SCENARIOS), name, str(out), mode],
+        check=False,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,  # a deadlock fails here
@@ -110,7 +113,9 @@ def test_exit_with_running_daemon_threads_flushes_queued_spans(tmp_path: Path) -
     loops = [span for span in spans if span["name"] == "daemon-loop"]
     assert len(loops) >= 4 * 6, "spans queued before exit were flushed"
     # A finished daemon-loop span joined its thread first: that hop span is there too.
-    hops = collections.Counter(span["parent"] for span in spans if span["name"] == "Thread short_work")
+    hops = collections.Counter(
+        span["parent"] for span in spans if span["name"] == "Thread short_work"
+    )
     assert all(hops[loop["id"]] == 1 for loop in loops)
     assert names["Thread short_work"] >= 20 + len(loops)
 
@@ -127,7 +132,9 @@ def _hook_points() -> dict[str, Any]:
     points = {
         "Thread._bootstrap_inner": threading.Thread.__dict__["_bootstrap_inner"],
         "_WorkItem": pool_module._WorkItem,
-        "BaseEventLoop.run_in_executor": asyncio.base_events.BaseEventLoop.__dict__["run_in_executor"],
+        "BaseEventLoop.run_in_executor": asyncio.base_events.BaseEventLoop.__dict__[
+            "run_in_executor"
+        ],
     }
     for name in ("_start_new_thread", "_start_joinable_thread"):  # 3.10-3.12 / 3.13+
         if hasattr(threading, name):
@@ -194,10 +201,14 @@ def test_toggling_a_thousand_times_under_load(monkeypatch) -> None:
             assert seen in (f"{origin.name}-{i}", "EMPTY")
             outcomes["EMPTY" if seen == "EMPTY" else "carried"] += 1
         assert len(origin.thread_seen) == origin.threads
-        assert all(seen == "EMPTY" or seen.startswith(f"{origin.name}-") for seen in origin.thread_seen)
+        assert all(
+            seen == "EMPTY" or seen.startswith(f"{origin.name}-") for seen in origin.thread_seen
+        )
     assert outcomes["carried"] and outcomes["EMPTY"], "work was handed over in both states"
-    print(f"\n[faults] 1000 toggles with {tasks} pool tasks ({dict(outcomes)}) and "
-          f"{sum(o.threads for o in origins)} threads/executor calls in flight")
+    print(
+        f"\n[faults] 1000 toggles with {tasks} pool tasks ({dict(outcomes)}) and "
+        f"{sum(o.threads for o in origins)} threads/executor calls in flight"
+    )
 
     assert _hook_points() == originals
     assert all(_hook_points()[k] is v for k, v in originals.items()), "the very same objects"

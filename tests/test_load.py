@@ -82,7 +82,7 @@ def run_pool(total: int) -> tuple[Tally, dict[str, float]]:
     with ThreadPoolExecutor(WORKERS) as pool:
         # Warm-up: workers started, caches filled, before memory is measured.
         warm_up = min(share, BATCH)
-        copy_context().run(_submit_all, pool, tally, 0, range(0, warm_up))
+        copy_context().run(_submit_all, pool, tally, 0, range(warm_up))
         gc.collect()
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
@@ -131,13 +131,15 @@ def run_threads(total: int) -> tuple[Tally, dict[str, float]]:
     """``total`` short threads, started by ``ORIGINS`` concurrent origins."""
     tally = Tally(bytearray(total))
     share = total // ORIGINS
-    copy_context().run(_start_threads, tally, 0, range(0, 0), 1)  # import/warm-up
+    copy_context().run(_start_threads, tally, 0, range(0), 1)  # import/warm-up
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     started = time.perf_counter()
     origins = [
-        threading.Thread(target=_start_threads, args=(tally, n, range(n * share, (n + 1) * share), 25))
+        threading.Thread(
+            target=_start_threads, args=(tally, n, range(n * share, (n + 1) * share), 25)
+        )
         for n in range(ORIGINS)
     ]
     for origin in origins:
@@ -206,9 +208,8 @@ def test_short_threads_keep_their_own_context(total: int) -> None:
 def test_pool_tasks_under_a_span_each_get_one_hop_span(total: int, exporter, tracer) -> None:
     ctxrelay.instrument()
     tally = Tally(bytearray(total))
-    with tracer.start_as_current_span("load-root"):
-        with ThreadPoolExecutor(WORKERS) as pool:
-            copy_context().run(_submit_all, pool, tally, 0, range(total))
+    with tracer.start_as_current_span("load-root"), ThreadPoolExecutor(WORKERS) as pool:
+        copy_context().run(_submit_all, pool, tally, 0, range(total))
     assert tally.lost == tally.wrong == tally.leftovers == 0
     assert tally.runs.count(1) == total
     hops = [s for s in exporter.get_finished_spans() if s.name.startswith("ThreadPoolExecutor ")]
@@ -278,7 +279,9 @@ def _start_failing_thread(seen: list[bool]) -> weakref.ref[_Marker]:
 
 
 @pytest.mark.parametrize("instrumented_run", [False, True], ids=["uninstrumented", "ctxrelay"])
-def test_a_kept_thread_exception_does_not_retain_the_context(instrumented_run: bool, monkeypatch) -> None:
+def test_a_kept_thread_exception_does_not_retain_the_context(
+    instrumented_run: bool, monkeypatch
+) -> None:
     # An excepthook that keeps the exception (pytest's does; so do error reporters
     # that batch): its traceback's frames must not pin the carried context.
     kept: list[BaseException] = []

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
-from typing import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -61,10 +61,12 @@ def hand_off(runner: str, fn: Callable[[], None]) -> Join:
         def guarded() -> None:
             try:
                 fn()
-            except BaseException as exc:  # re-raised in the origin by join()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the origin by join()
                 errors.append(exc)
 
-        thread = threading.Timer(0, guarded) if runner == "timer" else threading.Thread(target=guarded)
+        thread = (
+            threading.Timer(0, guarded) if runner == "timer" else threading.Thread(target=guarded)
+        )
         thread.start()
 
         def join() -> None:
@@ -102,12 +104,16 @@ def hand_off(runner: str, fn: Callable[[], None]) -> Join:
     return lambda: None
 
 
-def visit(node_id: str, children: tuple[Tree, ...], seen: dict[str, tuple[str, ...]], tracer: trace.Tracer) -> None:
+def visit(
+    node_id: str, children: tuple[Tree, ...], seen: dict[str, tuple[str, ...]], tracer: trace.Tracer
+) -> None:
     PATH.set(PATH.get() + (node_id,))
     with tracer.start_as_current_span(f"node {node_id}"):
         seen[node_id] = PATH.get()
         joins = [
-            hand_off(runner, functools.partial(visit, f"{node_id}.{i}", grandchildren, seen, tracer))
+            hand_off(
+                runner, functools.partial(visit, f"{node_id}.{i}", grandchildren, seen, tracer)
+            )
             for i, (runner, grandchildren) in enumerate(children)
         ]
         for join in joins:

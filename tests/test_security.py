@@ -17,10 +17,11 @@ import socket
 import socketserver
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
 from multiprocessing.pool import ThreadPool
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,10 @@ class Seen:
 
 
 def run_threads(seen: Seen) -> None:
-    for thread in (threading.Thread(target=seen.work, args=(SECRET,)), threading.Timer(0, seen.work, args=(SECRET,))):
+    for thread in (
+        threading.Thread(target=seen.work, args=(SECRET,)),
+        threading.Timer(0, seen.work, args=(SECRET,)),
+    ):
         thread.start()
         thread.join()
 
@@ -95,7 +99,7 @@ def run_socketserver(seen: Seen) -> None:
 
 
 def run_anyio(seen: Seen) -> None:
-    anyio = pytest.importorskip("anyio")
+    pytest.importorskip("anyio")
     import anyio.to_thread
 
     async def main() -> None:
@@ -262,7 +266,9 @@ def test_no_secret_in_exported_spans(name: str, exporter, tracer) -> None:
 
 
 @pytest.mark.parametrize("name", BUSES)
-def test_opted_in_payloads_are_recorded_so_the_scan_would_see_them(name: str, exporter, tracer) -> None:
+def test_opted_in_payloads_are_recorded_so_the_scan_would_see_them(
+    name: str, exporter, tracer
+) -> None:
     ctxrelay.instrument(record_payloads=True)
     _run(name, tracer)
     assert any(SECRET in span.to_json() for span in _ours(exporter))

@@ -36,7 +36,7 @@ from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 import ctxrelay
 
 pytest.importorskip("griptape")
-import stacking_tools  # noqa: E402 - after the skip: it imports griptape lazily, but needs it
+import stacking_tools
 
 TOOL = Path(__file__).with_name("stacking_tools.py")
 CTX_STEPS = ("ctx", "-ctx")
@@ -47,10 +47,12 @@ def without_ctx(steps: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(step for step in steps if step not in CTX_STEPS)
 
 
-def check(steps: tuple[str, ...], states: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> None:
-    assert not any(
-        seen["var"] for state in baseline for seen in state["seen"].values()
-    ), "the loss: without ctxrelay no runner carries the ContextVar"
+def check(
+    steps: tuple[str, ...], states: list[dict[str, Any]], baseline: list[dict[str, Any]]
+) -> None:
+    assert not any(seen["var"] for state in baseline for seen in state["seen"].values()), (
+        "the loss: without ctxrelay no runner carries the ContextVar"
+    )
     others = 0
     for state in states:
         if state["step"] not in (None, *CTX_STEPS):
@@ -78,7 +80,7 @@ IN_PROCESS = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _baseline_in_process(steps: tuple[str, ...]) -> str:
     return json.dumps(_run_in_process(steps))
 
@@ -127,6 +129,7 @@ QUICK = {
 def _run_fresh(steps: tuple[str, ...]) -> list[dict[str, Any]]:
     done = subprocess.run(
         [sys.executable, str(TOOL), *steps],
+        check=False,
         capture_output=True,
         text=True,
         timeout=120,
@@ -172,7 +175,9 @@ calls: list[int] = []
 
 
 @pytest.mark.parametrize("owner,attr", HOOK_POINTS, ids=[a for _, a in HOOK_POINTS])
-def test_a_wrapper_stacked_on_ctxrelays_is_kept_and_ctxrelay_spliced_out(owner: Any, attr: str) -> None:
+def test_a_wrapper_stacked_on_ctxrelays_is_kept_and_ctxrelay_spliced_out(
+    owner: Any, attr: str
+) -> None:
     """Any wrapt-based tool (OpenTelemetry's unwrap style) wrapping after ctxrelay at the
     same place: ctxrelay's uninstrument() splices itself out of the chain, leaving the
     other wrapper directly around the original, and an OpenTelemetry-style unwrap of the
@@ -195,6 +200,10 @@ def test_a_wrapper_stacked_on_ctxrelays_is_kept_and_ctxrelay_spliced_out(owner: 
         setattr(owner, attr, current.__wrapped__)  # what opentelemetry's unwrap does
     assert stacking_tools._raw(owner, attr) is original
     ctxrelay.instrument()  # and ctxrelay comes back cleanly, once
-    assert [layer for layer in stacking_tools.layers(stacking_tools._raw(owner, attr)) if "ctxrelay" in layer]
+    assert [
+        layer
+        for layer in stacking_tools.layers(stacking_tools._raw(owner, attr))
+        if "ctxrelay" in layer
+    ]
     ctxrelay.uninstrument()
     assert stacking_tools._raw(owner, attr) is original

@@ -337,6 +337,27 @@ def test_a_10k_character_thread_name_is_truncated(exporter, tracer) -> None:
     _assert_bounded(exporter)
 
 
+def test_a_listener_dispatch_in_a_10k_character_thread_is_truncated(exporter, tracer) -> None:
+    from attrs import define
+    from griptape.events import BaseEvent, EventBus, EventListener
+
+    @define
+    class Tick(BaseEvent):
+        pass
+
+    ctxrelay.instrument()
+
+    def dispatch_here() -> None:
+        with EventListener(on_event=lambda e: None), tracer.start_as_current_span("origin"):
+            EventBus.publish_event(Tick())
+
+    thread = threading.Thread(target=dispatch_here, name="d" * HUGE)
+    thread.start()
+    thread.join()
+    assert any(s.name.startswith("griptape dispatch") for s in exporter.get_finished_spans())
+    _assert_bounded(exporter)
+
+
 def test_a_10k_character_event_and_listener_name_are_truncated(exporter, tracer) -> None:
     pytest.importorskip("pyee")
     from pyee import EventEmitter

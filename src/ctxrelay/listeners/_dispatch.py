@@ -177,7 +177,7 @@ class Dispatch:
                 spans.CODE_FUNCTION_NAME: spans.callable_name(fn),
                 spans.ATTR_LISTENER_INDEX: index,
                 spans.THREAD_ID: thread.ident,
-                spans.THREAD_NAME: thread.name,
+                spans.THREAD_NAME: thread.name[: spans.MAX_ATTRIBUTE_LENGTH],
             }
             if attributes:
                 attrs.update(attributes)
@@ -264,7 +264,7 @@ def _begin(bus: Bus, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any
             spans.ATTR_BUS: bus.name,
             spans.ATTR_EVENT: event,
             spans.THREAD_ID: thread.ident,
-            spans.THREAD_NAME: thread.name,
+            spans.THREAD_NAME: thread.name[: spans.MAX_ATTRIBUTE_LENGTH],
         }
         if bus.sender is not None:
             sender = bus.sender(instance, args, kwargs)

@@ -17,17 +17,17 @@ import json
 import sys
 import time
 import timeit
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextvars import copy_context
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
-
 from workloads import DroppingExporter, noop
 
 RUNNER = "ThreadPoolExecutor"
@@ -47,7 +47,11 @@ def per_call(stmt: Callable[[], Any], number: int = NUMBER, repeat: int = REPEAT
 
 
 def measure(
-    rows: list[Row], group: str, step: str, make: Callable[[], Callable[[], Any]], number: int = NUMBER
+    rows: list[Row],
+    group: str,
+    step: str,
+    make: Callable[[], Callable[[], Any]],
+    number: int = NUMBER,
 ) -> None:
     """``make()`` returns a lambda calling the step: every step pays the same lambda
     call, which :func:`per_call` subtracts."""
@@ -68,15 +72,34 @@ def submit_side(rows: list[Row]) -> None:
     original = pool_module._WorkItem
     future = Future()
     group = "submit side, spans off"
-    measure(rows, group, "bare `_WorkItem(future, fn, args, kwargs)`", lambda: lambda: original(future, noop, (), {}))
+    measure(
+        rows,
+        group,
+        "bare `_WorkItem(future, fn, args, kwargs)`",
+        lambda: lambda: original(future, noop, (), {}),
+    )
 
-    passthrough = __import__("wrapt").FunctionWrapper(original, lambda w, i, a, k: w(*a, **k), enabled=[True])
-    measure(rows, group, "same through a pass-through wrapt wrapper", lambda: lambda: passthrough(future, noop, (), {}))
+    passthrough = __import__("wrapt").FunctionWrapper(
+        original, lambda w, i, a, k: w(*a, **k), enabled=[True]
+    )
+    measure(
+        rows,
+        group,
+        "same through a pass-through wrapt wrapper",
+        lambda: lambda: passthrough(future, noop, (), {}),
+    )
 
     ctxrelay.instrument(spans=False, listener_spans=False)
     patched = pool_module._WorkItem
-    measure(rows, group, "same through ctxrelay's patch (all of it)", lambda: lambda: patched(future, noop, (), {}))
-    measure(rows, group, "`relay.hand_over(runner, fn)`", lambda: lambda: relay.hand_over(RUNNER, noop))
+    measure(
+        rows,
+        group,
+        "same through ctxrelay's patch (all of it)",
+        lambda: lambda: patched(future, noop, (), {}),
+    )
+    measure(
+        rows, group, "`relay.hand_over(runner, fn)`", lambda: lambda: relay.hand_over(RUNNER, noop)
+    )
     measure(rows, group, "`copy_context()`", lambda: lambda: copy_context())
     context = copy_context()
     measure(rows, group, "`partial(context.run, fn)`", lambda: lambda: partial(context.run, noop))
@@ -89,7 +112,9 @@ def submit_side(rows: list[Row]) -> None:
     measure(rows, group, "`partial(context.run, fn)()`", lambda: lambda: relayed())
 
     group = "OpenTelemetry instrumentor, same places"
-    measure(rows, group, "`context.get_current()` (submit)", lambda: lambda: otel_context.get_current())
+    measure(
+        rows, group, "`context.get_current()` (submit)", lambda: lambda: otel_context.get_current()
+    )
 
     def closure() -> Callable[[], None]:
         captured = otel_context.get_current()
@@ -119,13 +144,25 @@ def span_checks(rows: list[Row], tracer: trace.Tracer) -> None:
         measure(rows, group, "`trace.get_current_span()`", lambda: lambda: trace.get_current_span())
         current = trace.get_current_span()
         measure(
-            rows, group, "`span.get_span_context().trace_flags.sampled`",
+            rows,
+            group,
+            "`span.get_span_context().trace_flags.sampled`",
             lambda: lambda: current.get_span_context().trace_flags.sampled,
         )
-        measure(rows, group, "`spans.hand_over(runner)` (returns None)", lambda: lambda: spans.hand_over(RUNNER))
+        measure(
+            rows,
+            group,
+            "`spans.hand_over(runner)` (returns None)",
+            lambda: lambda: spans.hand_over(RUNNER),
+        )
         from ctxrelay import relay
 
-        measure(rows, group, "`relay.hand_over(runner, fn)`, spans on", lambda: lambda: relay.hand_over(RUNNER, noop))
+        measure(
+            rows,
+            group,
+            "`relay.hand_over(runner, fn)`, spans on",
+            lambda: lambda: relay.hand_over(RUNNER, noop),
+        )
     ctxrelay.uninstrument()
 
 
@@ -140,8 +177,20 @@ def hop_span(rows: list[Row], tracer: trace.Tracer) -> None:
     group = "sampled hop span vs the SDK"
     few = NUMBER // 10
     with tracer.start_as_current_span("sampled root"):
-        measure(rows, group, "SDK `tracer.start_span(\"x\").end()`", lambda: lambda: tracer.start_span("x").end(), few)
-        measure(rows, group, "`spans.hand_over(runner)` (a `Hop`)", lambda: lambda: spans.hand_over(RUNNER), few)
+        measure(
+            rows,
+            group,
+            'SDK `tracer.start_span("x").end()`',
+            lambda: lambda: tracer.start_span("x").end(),
+            few,
+        )
+        measure(
+            rows,
+            group,
+            "`spans.hand_over(runner)` (a `Hop`)",
+            lambda: lambda: spans.hand_over(RUNNER),
+            few,
+        )
         hop = spans.hand_over(RUNNER)
         name = threading.current_thread().name
         measure(rows, group, "`spans.callable_name(fn)`", lambda: lambda: spans.callable_name(noop))
@@ -152,20 +201,30 @@ def hop_span(rows: list[Row], tracer: trace.Tracer) -> None:
 
         measure(rows, group, "`spans.start_hop` + `spans.end_hop`", lambda: start_end, few)
         measure(
-            rows, group, "`relay.run_hop(hop, fn, ...)` (all of the worker side)",
-            lambda: lambda: relay.run_hop(hop, noop, (), {}, 3, name), few,
+            rows,
+            group,
+            "`relay.run_hop(hop, fn, ...)` (all of the worker side)",
+            lambda: lambda: relay.run_hop(hop, noop, (), {}, 3, name),
+            few,
         )
         attributes = {
-            "ctxrelay.runner": RUNNER, "code.function.name": "workloads.noop",
-            "thread.id": 1, "thread.name": name, "ctxrelay.origin.thread.id": 2,
-            "ctxrelay.origin.thread.name": name, "ctxrelay.queue.wait_ms": 0.01,
+            "ctxrelay.runner": RUNNER,
+            "code.function.name": "workloads.noop",
+            "thread.id": 1,
+            "thread.name": name,
+            "ctxrelay.origin.thread.id": 2,
+            "ctxrelay.origin.thread.name": name,
+            "ctxrelay.queue.wait_ms": 0.01,
             "ctxrelay.context.vars": 3,
         }
         for count in (2, 4, 8):
             some = dict(list(attributes.items())[:count])
             measure(
-                rows, group, f"SDK span with {count} attributes",
-                lambda some=some: lambda: tracer.start_span("x", attributes=dict(some)).end(), few,
+                rows,
+                group,
+                f"SDK span with {count} attributes",
+                lambda some=some: lambda: tracer.start_span("x", attributes=dict(some)).end(),
+                few,
             )
 
         def made_current() -> None:
@@ -183,7 +242,9 @@ def main() -> None:
     sampled.add_span_processor(BatchSpanProcessor(DroppingExporter()))
     trace.set_tracer_provider(sampled)
     tracer = trace.get_tracer("ctxrelay.benchmarks")
-    unsampled_tracer = TracerProvider(sampler=ParentBased(ALWAYS_OFF)).get_tracer("ctxrelay.benchmarks")
+    unsampled_tracer = TracerProvider(sampler=ParentBased(ALWAYS_OFF)).get_tracer(
+        "ctxrelay.benchmarks"
+    )
 
     rows: list[Row] = []
     submit_side(rows)

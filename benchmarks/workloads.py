@@ -30,8 +30,9 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, Sequence
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -109,7 +110,7 @@ class Clock:
     machine; wall time is what a user waits.  Both are kept.
     """
 
-    __slots__ = ("cpu", "wall", "_cpu0", "_wall0")
+    __slots__ = ("_cpu0", "_wall0", "cpu", "wall")
 
     def __enter__(self) -> Clock:
         gc.collect()
@@ -282,7 +283,9 @@ def run(config: str, scale: float, repeats: int, preload: Sequence[str] = ()) ->
             results.add("thread", threads(counts["threads"]), counts["threads"])
             results.add("sdk_span", sdk_span(tracer, counts["sdk_span"]), counts["sdk_span"])
             results.add(
-                "sdk_span_like_hop", sdk_span_like_hop(tracer, counts["sdk_span"]), counts["sdk_span"]
+                "sdk_span_like_hop",
+                sdk_span_like_hop(tracer, counts["sdk_span"]),
+                counts["sdk_span"],
             )
         # One long run: it is the end-to-end figure, and long enough to average itself.
         clock, in_gc = pool8(counts["pool8"])

@@ -13,7 +13,6 @@ the public API stays the fallback for any other runtime context.
 
 from __future__ import annotations
 
-from opentelemetry import trace
 from opentelemetry.context import _RUNTIME_CONTEXT
 from opentelemetry.trace.propagation import _SPAN_KEY
 
@@ -21,6 +20,7 @@ from ctxrelay import spans
 
 _CURRENT = getattr(_RUNTIME_CONTEXT, "_current_context", None)
 _SUPPRESS = spans._SUPPRESS_KEY
+_SAMPLED = 0x01  # TraceFlags.SAMPLED
 _settings = spans.settings
 _Hop = spans.Hop
 _api_hand_over = spans.hand_over
@@ -33,7 +33,13 @@ def hand_over(runner: str) -> spans.Hop | None:
         return _api_hand_over(runner)
     current = _CURRENT.get()
     span = current.get(_SPAN_KEY)
-    if not isinstance(span, trace.Span) or not span.get_span_context().trace_flags.sampled:
+    if span is None:
+        return None
+    try:
+        # `& 1`, not `.sampled`: the property and an ABC isinstance() cost ~0.3 µs here.
+        if not span.get_span_context().trace_flags & _SAMPLED:
+            return None
+    except AttributeError:  # not a Span: what get_current_span() would call INVALID_SPAN
         return None
     if current.get(_SUPPRESS):
         return None

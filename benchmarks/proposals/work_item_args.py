@@ -16,9 +16,10 @@ pile up in the queue.  Proposed home: ``relay.hand_over_call`` + ``runners/futur
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from contextvars import Context, copy_context
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from ctxrelay import relay, spans
 from ctxrelay.runners import futures
@@ -40,7 +41,9 @@ def hand_over_call(
     return _RUN_IN, (copy_context(), fn, *args)
 
 
-def relay_work_item(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def relay_work_item(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     if not kwargs:
         if len(args) == 4:  # 3.10-3.13: (future, fn, args, kwargs)
             future, fn, fn_args, fn_kwargs = args

@@ -149,6 +149,33 @@ def hand_over(runner: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn
 
 
+_run_in: Callable[..., Any] = Context.run
+
+
+def hand_over_call(
+    runner: str, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """:func:`hand_over` for runners that queue ``fn`` and its ``args`` apart (a work item).
+
+    With no span to record, the queued callable is ``Context.run`` itself and the copy
+    goes in front of the arguments: the task runs as ``Context.run(copy, fn, *args)``,
+    and each task waiting in a queue keeps 2 objects alive for the garbage collector
+    instead of 4 (no bound method, no ``partial`` and its tuple).  On a busy pool that
+    difference is most of ctxrelay's cost (docs/performance.md).
+    """
+    kind = type(fn)
+    if kind is Relayed or kind is _Partial or _skipped_var_names:
+        return hand_over(runner, fn), args
+    try:
+        if _span_settings.hops:
+            hop = spans.hand_over(runner)
+            if hop is not None:
+                return Relayed(fn, copy_context(), hop), args
+        return _run_in, (copy_context(), fn, *args)
+    except Exception:  # pragma: no cover - defensive: never break the host app
+        return fn, args
+
+
 def _with_span_only(
     runner: str, fn: Callable[..., Any], chosen: tuple[Context, Any, tuple[Any, ...], dict[str, Any]]
 ) -> Callable[..., Any]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from contextvars import ContextVar
 from typing import Any, Callable
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TraceFlags
 
 try:  # semantic conventions >= 0.54b0 have the stable code.* names
     from opentelemetry.semconv.attributes.code_attributes import CODE_FUNCTION_NAME
@@ -76,6 +77,37 @@ LISTENER_SPAN = "{bus} listener {listener}"
 MAX_ATTRIBUTE_LENGTH = 256
 
 _SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the SDK's own flag
+_SAMPLED = int(TraceFlags.SAMPLED)
+
+# The public way to ask "is the current span sampled, is instrumentation suppressed?"
+# walks opentelemetry.context twice (get_current_span -> get_value -> get_current ->
+# the runtime context -> its ContextVar), ~0.5 us per hand-over.  The default runtime
+# context keeps the OpenTelemetry Context (a dict) in one ContextVar: read it once.
+# Both names are private to opentelemetry-api, so anything unexpected falls back to
+# the public API (another OTEL_PYTHON_CONTEXT, a future rename).
+try:
+    from opentelemetry.context import _RUNTIME_CONTEXT
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    _OTEL_CONTEXT_VAR = getattr(_RUNTIME_CONTEXT, "_current_context", None)
+except ImportError:  # pragma: no cover - a future opentelemetry-api
+    _SPAN_KEY = ""
+    _OTEL_CONTEXT_VAR = None
+if not isinstance(_OTEL_CONTEXT_VAR, ContextVar):  # pragma: no cover
+    _OTEL_CONTEXT_VAR = None
+
+
+_EMPTY: dict[str, Any] = {}
+
+
+def _current_otel_context() -> Any:
+    """The current OpenTelemetry Context (a mapping), or None to use the public API."""
+    if _OTEL_CONTEXT_VAR is None:
+        return None
+    try:
+        return _OTEL_CONTEXT_VAR.get()  # its default is an empty Context
+    except LookupError:  # pragma: no cover - a runtime context without a default
+        return _EMPTY
 
 
 class _Settings:
@@ -172,24 +204,42 @@ class Hop:
         self.handed_ns = time.perf_counter_ns()
 
 
-def hand_over(runner: str) -> Hop | None:
-    """Called in the origin thread: a :class:`Hop` if a span should be recorded, else None.
+def should_record() -> bool:
+    """Called in the origin thread at hand-over: will a hop span be recorded?
 
     No span is recorded when no span is active at the hand-over: a hop is a step inside
     a trace, and a server's or a library's own threads would otherwise flood the backend
-    with one-span traces.  Propagation happens either way.
+    with one-span traces.  Propagation happens either way.  Nor under an unsampled
+    parent (a parent-based sampler would drop the hop too), nor while instrumentation
+    is suppressed (the SDK suppresses it while it exports).
+
+    The decision is made from the parent's *sampled* flag, not ``is_recording()``: a
+    parent that has already ended (work handed over from a done-callback) no longer
+    records, yet its children belong in the trace.  This runs on every hand-over, so the
+    OpenTelemetry context is read once (see :func:`_current_otel_context`).
     """
     if not settings.hops:
-        return None
-    if not trace.get_current_span().get_span_context().trace_flags.sampled:
-        # Covers "no active span" (INVALID_SPAN) and an unsampled parent: under a
-        # parent-based sampler the hop would not be sampled.  The sampled flag, not
-        # is_recording(): a parent that has already ended (work handed over from a
-        # done-callback) is no longer recording, yet its children belong in the trace.
-        return None
-    if otel_context.get_value(_SUPPRESS_KEY):
-        return None
-    return Hop(runner)
+        return False
+    current = _current_otel_context()
+    if current is None:  # another runtime context: the public API
+        if not trace.get_current_span().get_span_context().trace_flags.sampled:
+            return False
+        return not otel_context.get_value(_SUPPRESS_KEY)
+    span = current.get(_SPAN_KEY)
+    if span is None:
+        return False
+    try:
+        # ``& 1`` rather than ``.sampled``: the property costs more than the rest here.
+        if not span.get_span_context().trace_flags & _SAMPLED:
+            return False
+    except AttributeError:  # not a Span: what get_current_span() treats as INVALID_SPAN
+        return False
+    return not current.get(_SUPPRESS_KEY)
+
+
+def hand_over(runner: str) -> Hop | None:
+    """A :class:`Hop` if a span should be recorded for this hand-over, else None."""
+    return Hop(runner) if should_record() else None
 
 
 def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[Span | None, object]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from ctxrelay import relay
-from ctxrelay.relay import hand_over
+from ctxrelay.relay import hand_over_call
 from ctxrelay.patching import Patch
 
 NAME = "futures"
@@ -35,12 +35,14 @@ def relay_work_item(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
     if not kwargs:
         if len(args) == 4:  # 3.10-3.13: (future, fn, args, kwargs)
             future, fn, fn_args, fn_kwargs = args
-            return wrapped(future, hand_over(RUNNER, fn), fn_args, fn_kwargs)
+            fn, fn_args = hand_over_call(RUNNER, fn, fn_args)
+            return wrapped(future, fn, fn_args, fn_kwargs)
         if len(args) == 2:  # 3.14+: (future, task)
             future, task = args
             if type(task) is tuple and len(task) == 3 and callable(task[0]):
                 fn, fn_args, fn_kwargs = task
-                return wrapped(future, (hand_over(RUNNER, fn), fn_args, fn_kwargs))
+                fn, fn_args = hand_over_call(RUNNER, fn, fn_args)
+                return wrapped(future, (fn, fn_args, fn_kwargs))
     return wrapped(*args, **kwargs)
 
 

@@ -72,7 +72,8 @@ def _capture_at_start(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs
             # start() has just set to an empty Context(): replace it by the copy.
             thread._context = context  # type: ignore[attr-defined]
             context = None
-        thread.__dict__[_CARRIED] = (context, spans.hand_over(runner_of(thread)))
+        hop = spans.Hop(runner_of(thread)) if spans.should_record() else None
+        thread.__dict__[_CARRIED] = (context, hop)
     except Exception:  # pragma: no cover - defensive: the thread still starts
         thread.__dict__.pop(_CARRIED, None)
     try:

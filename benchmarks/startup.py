@@ -33,10 +33,22 @@ def _venv(path: Path, wheel: Path | None) -> Path:
     python = path / "bin" / "python"
     if wheel is not None:
         subprocess.run(
-            [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                str(python),
+                "install",
+                "-q",
+                "--no-deps",
+                str(wheel),
+            ],
             check=True,
         )
-    purelib = subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True)
+    purelib = subprocess.check_output(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
+    )
     # Same dependencies for both; a plain path line does not read that directory's .pth files.
     Path(purelib.strip(), "deps.pth").write_text(site.getsitepackages()[0] + "\n")
     return python
@@ -53,10 +65,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=60, help="start-ups per case (default 60)")
     args = parser.parse_args()
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CTXRELAY_", "OTEL_", "PYTHON"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CTXRELAY_", "OTEL_", "PYTHON"))
+    }
     with tempfile.TemporaryDirectory(prefix="ctxrelay-startup-") as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, str(ROOT)], check=True
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp, str(ROOT)],
+            check=True,
         )
         (wheel,) = Path(tmp).glob("ctxrelay-*.whl")
         bare = _venv(Path(tmp) / "bare", None)
@@ -85,12 +100,16 @@ def main() -> None:
         if saved is not None:
             os.environ["CTXRELAY_ENABLED"] = saved
 
-    print(f"Python {sys.version.split()[0]} ({sysconfig.get_platform()}), {args.runs} runs per case, interleaved\n")
+    print(
+        f"Python {sys.version.split()[0]} ({sysconfig.get_platform()}), {args.runs} runs per case, interleaved\n"
+    )
     print("| case | median ms | p10 ms | p90 ms |")
     print("| --- | ---: | ---: | ---: |")
     for name, values in samples.items():
         deciles = statistics.quantiles(values, n=10)
-        print(f"| {name} | {statistics.median(values):.2f} | {deciles[0]:.2f} | {deciles[-1]:.2f} |")
+        print(
+            f"| {name} | {statistics.median(values):.2f} | {deciles[0]:.2f} | {deciles[-1]:.2f} |"
+        )
     print(f"\nThe .pth line alone, variable unset: {per_call * 1e6:.2f} µs per start-up.")
 
 

@@ -190,8 +190,10 @@ def main() -> int:
     finally:
         server.stop()
     if lost:
-        print(f"result: {lost} of {len(cases)} handlers ran without the listener; "
-              "their events were lost.")
+        print(
+            f"result: {lost} of {len(cases)} handlers ran without the listener; "
+            "their events were lost."
+        )
     else:
         print(f"result: all {len(cases)} handlers saw the listener; every event was delivered.")
     return 0

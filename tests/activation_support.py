@@ -25,7 +25,7 @@ CTXRELAY = VENV_BIN / "ctxrelay"
 PROBE_PREFIX = "CTXRELAY_PROBE "
 TIMEOUT = 90  # generous: two shared cores, and gradio takes seconds to import
 
-PROBE = '''\
+PROBE = """\
 import contextvars, json, os, sys, threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -71,15 +71,15 @@ def probe(label="probe"):
     }
     print("CTXRELAY_PROBE " + json.dumps(report, default=str), flush=True)
     return report
-'''
+"""
 
-APP = '''\
+APP = """\
 import sys
 from probe import probe
 
 probe("app")
 sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
-'''
+"""
 
 
 def require(script: str) -> Path:
@@ -98,7 +98,9 @@ def build_wheel(directory: Path) -> Path:
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(directory), str(root)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = directory.glob("ctxrelay-*.whl")
     return wheel
@@ -128,19 +130,32 @@ def base_env(extra: Mapping[str, str] | None = None, **overrides: str) -> dict[s
     return {k: v for k, v in env.items() if v is not None}
 
 
-def run(cmd: Sequence[str | os.PathLike[str]], env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: Sequence[str | os.PathLike[str]], env: Mapping[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(c) for c in cmd], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT
+        [str(c) for c in cmd],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
 
 
 def probes(output: str) -> list[dict[str, Any]]:
-    return [json.loads(line[len(PROBE_PREFIX):]) for line in output.splitlines() if line.startswith(PROBE_PREFIX)]
+    return [
+        json.loads(line[len(PROBE_PREFIX) :])
+        for line in output.splitlines()
+        if line.startswith(PROBE_PREFIX)
+    ]
 
 
 def probe_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     found = probes(result.stdout)
-    assert len(found) == 1, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert len(found) == 1, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
     return found[0]
 
 
@@ -173,7 +188,7 @@ def run_server_until_probe(
                 break  # exited
             lines.append(line)
             if line.startswith(PROBE_PREFIX):
-                return json.loads(line[len(PROBE_PREFIX):]), "".join(lines)
+                return json.loads(line[len(PROBE_PREFIX) :]), "".join(lines)
         raise AssertionError("no probe line before exit/timeout:\n" + "".join(lines))
     finally:
         if proc.poll() is None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from activation_support import VENV_BIN, base_env, carried, probe_of, probes, run, write_probe
 
-OTEL_APP = '''\
+OTEL_APP = """\
 import json, sys, threading
 import concurrent.futures.thread as pool_module
 from concurrent.futures import ThreadPoolExecutor
@@ -72,7 +72,7 @@ step("loaded")
 for name in sys.argv[1:]:
     instrumentors[name].uninstrument()
     step("without " + name)
-'''
+"""
 
 ENV = dict(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
 INSTRUMENT = str(VENV_BIN / "opentelemetry-instrument")
@@ -86,14 +86,20 @@ def app_dir(tmp_path: Path) -> Path:
 
 
 def _tagged(stdout: str, tag: str) -> list[dict[str, Any]]:
-    return [json.loads(line[len(tag) + 1:]) for line in stdout.splitlines() if line.startswith(tag + " ")]
+    return [
+        json.loads(line[len(tag) + 1 :])
+        for line in stdout.splitlines()
+        if line.startswith(tag + " ")
+    ]
 
 
 def test_disabled_by_the_standard_variable_shows_the_loss(app_dir: Path) -> None:
     env = base_env(ENV, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="ctxrelay")
     result = run([INSTRUMENT, "python", "otel_app.py"], env, app_dir)
     (loaded,) = _tagged(result.stdout, "LOADED")
-    assert loaded == {"threading": True, "ctxrelay": False, "provider": "TracerProvider"}, result.stderr
+    assert loaded == {"threading": True, "ctxrelay": False, "provider": "TracerProvider"}, (
+        result.stderr
+    )
     (report,) = probes(result.stdout)
     # The threading instrumentor carries the trace, not the request's ContextVar.
     for key in ("thread", "pool"):
@@ -106,7 +112,9 @@ def test_disabled_by_the_standard_variable_shows_the_loss(app_dir: Path) -> None
 def test_with_the_threading_instrumentor(app_dir: Path, order: tuple[str, str]) -> None:
     result = run([INSTRUMENT, "python", "otel_app.py", *order], base_env(ENV), app_dir)
     (loaded,) = _tagged(result.stdout, "LOADED")
-    assert loaded == {"threading": True, "ctxrelay": True, "provider": "TracerProvider"}, result.stderr
+    assert loaded == {"threading": True, "ctxrelay": True, "provider": "TracerProvider"}, (
+        result.stderr
+    )
     reports = probes(result.stdout)
     steps = _tagged(result.stdout, "STEP")
     assert len(reports) == len(steps) == 3, result.stdout + result.stderr
@@ -122,7 +130,10 @@ def test_with_the_threading_instrumentor(app_dir: Path, order: tuple[str, str]) 
     else:
         assert steps[1]["hops"] == []
         assert all(reports[1]["seen"][k]["request_id"] == "EMPTY" for k in ("thread", "pool"))
-        assert all(reports[1]["seen"][k]["trace_id"] == reports[1]["root_trace"] for k in ("thread", "pool"))
+        assert all(
+            reports[1]["seen"][k]["trace_id"] == reports[1]["root_trace"]
+            for k in ("thread", "pool")
+        )
 
     # Both off: plain Python again, and no wrapper of either left behind.
     assert all(reports[2]["seen"][k]["request_id"] == "EMPTY" for k in ("thread", "pool"))

@@ -22,8 +22,12 @@ def app_dir(tmp_path: Path) -> Path:
 
 def test_installed_with_the_package() -> None:
     """The editable install of this checkout ships the same hook as the source tree."""
-    installed = [Path(d) / PTH_NAME for d in site.getsitepackages() if (Path(d) / PTH_NAME).exists()]
-    assert installed, f"{PTH_NAME} missing from {site.getsitepackages()}: reinstall with pip install -e ."
+    installed = [
+        Path(d) / PTH_NAME for d in site.getsitepackages() if (Path(d) / PTH_NAME).exists()
+    ]
+    assert installed, (
+        f"{PTH_NAME} missing from {site.getsitepackages()}: reinstall with pip install -e ."
+    )
     assert installed[0].read_text() == (ROOT / "src" / PTH_NAME).read_text()
 
 
@@ -59,14 +63,30 @@ def test_wheel_install_ships_the_hook(tmp_path: Path, app_dir: Path) -> None:
     """
     wheel = build_wheel(tmp_path / "dist")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
     python = venv / "bin" / "python"
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
-        check=True, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-deps",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     purelib = Path(
-        subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True).strip()
+        subprocess.check_output(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
+        ).strip()
     )
     assert (purelib / PTH_NAME).read_text() == (ROOT / "src" / PTH_NAME).read_text()
     # Dependencies from this venv, appended after the fresh site-packages (a plain path
@@ -91,4 +111,6 @@ def test_a_bad_setting_warns_once_through_activation(app_dir: Path) -> None:
     env = base_env(CTXRELAY_ENABLED="1", CTXRELAY_HOP_SPANS="maybe")
     result = run(["python", "app.py"], env, app_dir)
     assert carried(probe_of(result))
-    assert len([line for line in result.stderr.splitlines() if "CTXRELAY_HOP_SPANS" in line]) == 1, result.stderr
+    assert (
+        len([line for line in result.stderr.splitlines() if "CTXRELAY_HOP_SPANS" in line]) == 1
+    ), result.stderr

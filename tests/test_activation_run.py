@@ -85,7 +85,11 @@ def test_version_and_help(app_dir: Path) -> None:
     unknown = run([CTXRELAY, "frobnicate"], base_env(), app_dir)
     assert unknown.returncode == 2 and "frobnicate" in unknown.stderr
     # Arguments after CMD belong to CMD, even ones that look like ctxrelay's.
-    passed = run([CTXRELAY, "run", "python", "-c", "import sys; print(sys.argv[1:])", "--help"], base_env(), app_dir)
+    passed = run(
+        [CTXRELAY, "run", "python", "-c", "import sys; print(sys.argv[1:])", "--help"],
+        base_env(),
+        app_dir,
+    )
     assert passed.stdout.strip() == "['--help']"
 
 
@@ -113,7 +117,9 @@ def test_users_sitecustomize_still_runs(app_dir: Path, tmp_path: Path) -> None:
 
 
 def test_kill_switch(app_dir: Path) -> None:
-    report = probe_of(run([CTXRELAY, "run", "python", "app.py"], base_env(CTXRELAY_ENABLED="0"), app_dir))
+    report = probe_of(
+        run([CTXRELAY, "run", "python", "app.py"], base_env(CTXRELAY_ENABLED="0"), app_dir)
+    )
     assert lost(report) and report["activated_by"] is None
 
 
@@ -129,7 +135,16 @@ def test_uvicorn_console_script(app_dir: Path) -> None:
         "        await send({'type': 'lifespan.shutdown.complete'})\n"
     )
     require("uvicorn")
-    cmd = ["uvicorn", "asgi:app", "--host", "127.0.0.1", "--port", str(_free_port()), "--lifespan", "on"]
+    cmd = [
+        "uvicorn",
+        "asgi:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(_free_port()),
+        "--lifespan",
+        "on",
+    ]
     plain, _ = run_server_until_probe(cmd, base_env(), app_dir)
     assert lost(plain)
     report, _ = run_server_until_probe([CTXRELAY, "run", *cmd], base_env(), app_dir)
@@ -169,7 +184,10 @@ def test_gradio_cli(app_dir: Path) -> None:
 def test_cli_module_entry(app_dir: Path) -> None:
     """``python -m ctxrelay.cli`` behaves like the console script."""
     result = subprocess.run(
-        [sys.executable, "-m", "ctxrelay.cli", "--version"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ctxrelay.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.stdout.strip() == f"ctxrelay {__version__}"
 

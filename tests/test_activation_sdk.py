@@ -53,7 +53,11 @@ def test_resource_and_sampler_from_standard_variables(app_dir: Path) -> None:
 
 def test_console_exporter_gets_every_span_flushed_at_exit(app_dir: Path) -> None:
     """The probe exits right after its spans end, long before the batch delay (5 s)."""
-    env = base_env(OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="probe-svc", OTEL_BSP_SCHEDULE_DELAY="60000")
+    env = base_env(
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_SERVICE_NAME="probe-svc",
+        OTEL_BSP_SCHEDULE_DELAY="60000",
+    )
     plain = run(["python", "app.py"], env, app_dir)
     assert _console_spans(plain.stdout) == []
 
@@ -62,7 +66,11 @@ def test_console_exporter_gets_every_span_flushed_at_exit(app_dir: Path) -> None
     exported = _console_spans(result.stdout)
     assert len(exported) == 3, [s["name"] for s in exported]
     (root,) = [s for s in exported if s["name"] == "request"]
-    hops = {s["attributes"][spans.ATTR_RUNNER]: s for s in exported if spans.ATTR_RUNNER in s["attributes"]}
+    hops = {
+        s["attributes"][spans.ATTR_RUNNER]: s
+        for s in exported
+        if spans.ATTR_RUNNER in s["attributes"]
+    }
     assert sorted(hops) == ["Thread", "ThreadPoolExecutor"]
     assert root["context"]["trace_id"] == "0x" + report["root_trace"]
     for runner, thread_prefix in (("Thread", "probe-worker"), ("ThreadPoolExecutor", "probe-pool")):
@@ -107,7 +115,9 @@ def test_provider_set_by_users_sitecustomize_is_kept(app_dir: Path, tmp_path: Pa
         "from opentelemetry.sdk.trace import TracerProvider\n"
         "trace.set_tracer_provider(TracerProvider(resource=Resource.create({'service.name': 'from-user'})))\n"
     )
-    env = base_env(PYTHONPATH=str(user_site), OTEL_SERVICE_NAME="from-env", OTEL_TRACES_EXPORTER="console")
+    env = base_env(
+        PYTHONPATH=str(user_site), OTEL_SERVICE_NAME="from-env", OTEL_TRACES_EXPORTER="console"
+    )
     result = run([CTXRELAY, "run", "python", "app.py"], env, app_dir)
     report = probe_of(result)
     assert report["resource"]["service.name"] == "from-user"

@@ -122,14 +122,26 @@ def _python(
     app.write_text(textwrap.dedent(APP))
     env = {k: v for k, v in os.environ.items() if not k.startswith((config.PREFIX, "OTEL_"))}
     env.update(OTEL_SDK_DISABLED="true", **env_extra)
-    return subprocess.run([sys.executable, *flags, str(app)], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, *flags, str(app)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, "EMPTY False"), ("0", "EMPTY False"), ("off", "EMPTY False"),
-     ("1", "main True"), ("true", "main True"), ("ON", "main True")],
+    [
+        (None, "EMPTY False"),
+        ("0", "EMPTY False"),
+        ("off", "EMPTY False"),
+        ("1", "main True"),
+        ("true", "main True"),
+        ("ON", "main True"),
+    ],
 )
 def test_enabled_switches_start_up_activation(
     tmp_path: Path, value: str | None, expected: str
@@ -151,8 +163,14 @@ def test_enabled_garbage_warns_once_and_stays_off(tmp_path: Path) -> None:
 
 def test_every_garbage_value_at_start_up_gives_one_warning_each(tmp_path: Path) -> None:
     """The bootstrap and instrument() both read the settings: still one warning each."""
-    garbage = {"HOP_SPANS": "sometimes", "LISTENER_SPANS": "2", "RECORD_PAYLOADS": "all",
-               "INCLUDE": "threads", "EXCLUDE": "nope", "DETACH": "yes"}
+    garbage = {
+        "HOP_SPANS": "sometimes",
+        "LISTENER_SPANS": "2",
+        "RECORD_PAYLOADS": "all",
+        "INCLUDE": "threads",
+        "EXCLUDE": "nope",
+        "DETACH": "yes",
+    }
     env = {config.PREFIX + k: v for k, v in garbage.items()}
     env["CTXRELAY_ENABLED"] = "1"
     done = _python(tmp_path, env, "-W", "always")
@@ -182,7 +200,10 @@ def test_hop_spans_on_by_default(exporter, tracer) -> None:
     ctxrelay.instrument()
     _run_all(tracer)
     assert {s.attributes[spans.ATTR_RUNNER] for s in _hops(exporter)} == {
-        "Thread", "ThreadPoolExecutor", "run_in_executor"}
+        "Thread",
+        "ThreadPoolExecutor",
+        "run_in_executor",
+    }
     assert spans.settings.listeners is True
 
 
@@ -410,8 +431,11 @@ def test_detach_given_a_boolean_warns_once_and_is_ignored(monkeypatch, exporter,
 # --- booleans with garbage --------------------------------------------------------------
 @pytest.mark.parametrize(
     ("key", "attribute", "default"),
-    [("HOP_SPANS", "hops", True), ("LISTENER_SPANS", "listeners", True),
-     ("RECORD_PAYLOADS", "record_payloads", False)],
+    [
+        ("HOP_SPANS", "hops", True),
+        ("LISTENER_SPANS", "listeners", True),
+        ("RECORD_PAYLOADS", "record_payloads", False),
+    ],
 )
 def test_boolean_garbage_warns_once_and_uses_the_default(
     monkeypatch, key, attribute, default
@@ -432,8 +456,11 @@ def test_boolean_garbage_warns_once_and_uses_the_default(
 
 @pytest.mark.parametrize("key", ["HOP_SPANS", "LISTENER_SPANS", "RECORD_PAYLOADS"])
 def test_boolean_switches_reach_the_span_settings(monkeypatch, key) -> None:
-    attribute = {"HOP_SPANS": "hops", "LISTENER_SPANS": "listeners",
-                 "RECORD_PAYLOADS": "record_payloads"}[key]
+    attribute = {
+        "HOP_SPANS": "hops",
+        "LISTENER_SPANS": "listeners",
+        "RECORD_PAYLOADS": "record_payloads",
+    }[key]
     for raw, expected in (("1", True), ("off", False), ("", key != "RECORD_PAYLOADS")):
         _set(monkeypatch, **{key: raw})
         ctxrelay.instrument()

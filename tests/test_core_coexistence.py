@@ -89,7 +89,9 @@ def test_either_order_keeps_a_working_consistent_state(order, otel_threading) ->
     assert _state() == clean, "every class is left as it was"
 
 
-def test_both_on_give_one_hop_span_and_otel_context_in_the_worker(exporter, tracer, otel_threading) -> None:
+def test_both_on_give_one_hop_span_and_otel_context_in_the_worker(
+    exporter, tracer, otel_threading
+) -> None:
     otel_threading.instrument()
     ctxrelay.instrument()
     with tracer.start_as_current_span("root"), ThreadPoolExecutor(1) as pool:

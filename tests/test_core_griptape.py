@@ -91,7 +91,15 @@ def via_custom_executor(fn: Callable[[], Any]) -> Any:
     return asyncio.run(main())
 
 
-RUNNERS = [via_thread, via_subclass, via_timer, via_submit, via_map, via_run_in_executor, via_custom_executor]
+RUNNERS = [
+    via_thread,
+    via_subclass,
+    via_timer,
+    via_submit,
+    via_map,
+    via_run_in_executor,
+    via_custom_executor,
+]
 
 
 def scenario(run: Callable[[Callable[[], Any]], Any]) -> tuple[int, bool]:

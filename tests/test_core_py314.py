@@ -29,9 +29,12 @@ var: contextvars.ContextVar[str] = contextvars.ContextVar("ctxrelay_py314_var", 
     ],
 )
 def test_needs_carry(has_thread_context: bool, explicit: bool, inherit: bool, carry: bool) -> None:
-    assert threads.needs_carry(
-        has_thread_context=has_thread_context, explicit_context=explicit, inherit_flag=inherit
-    ) is carry
+    assert (
+        threads.needs_carry(
+            has_thread_context=has_thread_context, explicit_context=explicit, inherit_flag=inherit
+        )
+        is carry
+    )
 
 
 class _Recorder:

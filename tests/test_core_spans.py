@@ -48,8 +48,12 @@ def test_thread_pool_and_executor_hops_are_children_of_the_origin(exporter, trac
     contextvars.copy_context().run(scenario)
 
     root = spans_named(exporter, "root")[0]
-    expected = {"Thread _work": "Thread", "ThreadPoolExecutor _work": "ThreadPoolExecutor",
-                "run_in_executor _work": "run_in_executor", "to_thread _work": "to_thread"}
+    expected = {
+        "Thread _work": "Thread",
+        "ThreadPoolExecutor _work": "ThreadPoolExecutor",
+        "run_in_executor _work": "run_in_executor",
+        "to_thread _work": "to_thread",
+    }
     for name, runner in expected.items():
         (hop,) = spans_named(exporter, name)
         assert parent_of(hop, exporter) is root
@@ -63,8 +67,11 @@ def test_thread_pool_and_executor_hops_are_children_of_the_origin(exporter, trac
         assert attrs[spans.ATTR_QUEUE_WAIT_MS] >= 0
         assert attrs[spans.ATTR_CONTEXT_VARS] >= 2  # our var and OpenTelemetry's own
         assert "secret-value" not in repr(attrs), "ContextVar values are never recorded"
-    names = {dict(s.attributes)[spans.THREAD_NAME] for s in exporter.get_finished_spans()
-             if s.name.endswith(" _work")}
+    names = {
+        dict(s.attributes)[spans.THREAD_NAME]
+        for s in exporter.get_finished_spans()
+        if s.name.endswith(" _work")
+    }
     assert "hop-thread" in names
     assert any(n.startswith("hop-pool") for n in names)
     # The user's span inside the work is a child of the hop, in the worker thread.

@@ -12,8 +12,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "examples" / "demo_app.py"
-HANDLERS = ("threading.Thread", "ThreadPoolExecutor", "asyncio run_in_executor",
-            "FastAPI def endpoint", "FastAPI async endpoint")
+HANDLERS = (
+    "threading.Thread",
+    "ThreadPoolExecutor",
+    "asyncio run_in_executor",
+    "FastAPI def endpoint",
+    "FastAPI async endpoint",
+)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -44,8 +49,10 @@ def test_without_ctxrelay_the_listeners_are_lost_and_with_it_they_are_there() ->
         assert re.search(r"\s0\s+LOST$", row), "no listener in that thread"
     assert "── trace" not in without.stderr
 
-    with_ = _run([sys.executable, "-m", "ctxrelay.cli", "run", sys.executable, str(APP)],
-                 _env(OTEL_TRACES_EXPORTER="ctxrelay_tree"))
+    with_ = _run(
+        [sys.executable, "-m", "ctxrelay.cli", "run", sys.executable, str(APP)],
+        _env(OTEL_TRACES_EXPORTER="ctxrelay_tree"),
+    )
     assert "ctxrelay ON" in with_.stdout
     for handler in ("direct call", *HANDLERS):
         row = _row(with_.stdout, handler)
@@ -72,8 +79,13 @@ def test_ctxrelay_demo_runs_both_and_without_really_is_without() -> None:
 
 
 def test_ctxrelay_demo_explains_a_missing_app(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "ctxrelay.cli", "demo", str(tmp_path / "nope.py")],
-                          env=_env(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "ctxrelay.cli", "demo", str(tmp_path / "nope.py")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "not found" in done.stderr
 
 

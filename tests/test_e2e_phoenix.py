@@ -37,7 +37,7 @@ START_TIMEOUT = 180  # seconds; Phoenix imports a lot on two shared cores
 READ_TIMEOUT = 60
 
 # Work in two threads, each recording a span of its own inside the hop.
-E2E_APP = '''\
+E2E_APP = """\
 import json, threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,7 +62,7 @@ print("E2E " + json.dumps({
     "trace_id": format(request.get_span_context().trace_id, "032x"),
     "service.name": resource.attributes.get("service.name") if resource else None,
 }), flush=True)
-'''
+"""
 
 
 def _free_port() -> int:
@@ -95,7 +95,9 @@ class Phoenix:
             if len(found) >= expected:
                 return found
             time.sleep(0.25)
-        raise AssertionError(f"{len(found)} spans in {project!r} after {READ_TIMEOUT}s, expected {expected}")
+        raise AssertionError(
+            f"{len(found)} spans in {project!r} after {READ_TIMEOUT}s, expected {expected}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -123,18 +125,24 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
     }
     log_path = workdir / "phoenix.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(PHOENIX), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(PHOENIX), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"phoenix exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+                raise AssertionError(
+                    f"phoenix exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+                )
             try:
                 urllib.request.urlopen(f"{server.base}/readyz", timeout=2).close()  # noqa: S310
                 break
             except (urllib.error.URLError, OSError):
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"phoenix not ready in {START_TIMEOUT}s:\n{log_path.read_text()[-4000:]}")
+                    raise AssertionError(
+                        f"phoenix not ready in {START_TIMEOUT}s:\n{log_path.read_text()[-4000:]}"
+                    )
                 time.sleep(0.5)
         yield server
     finally:
@@ -172,7 +180,9 @@ PROTOCOLS = {
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_trace_across_threads_reaches_phoenix(phoenix: Phoenix, app_dir: Path, protocol: str) -> None:
+def test_trace_across_threads_reaches_phoenix(
+    phoenix: Phoenix, app_dir: Path, protocol: str
+) -> None:
     project = "ctxrelay-e2e-" + protocol.replace("/", "-")
     env = base_env(
         PROTOCOLS[protocol](phoenix),

@@ -406,8 +406,9 @@ def test_the_entry_point_is_what_the_sdk_imports() -> None:
 
 def test_otel_traces_exporter_selects_it_and_tree_file_redirects_it(tmp_path: Path) -> None:
     app = tmp_path / "app.py"
-    app.write_text(textwrap.dedent(
-        """
+    app.write_text(
+        textwrap.dedent(
+            """
         import threading
         from opentelemetry.sdk._configuration import _OTelSDKConfigurator
         _OTelSDKConfigurator().configure()  # what opentelemetry-instrument runs
@@ -419,13 +420,24 @@ def test_otel_traces_exporter_selects_it_and_tree_file_redirects_it(tmp_path: Pa
             t.start(); t.join()
         trace.get_tracer_provider().shutdown()
         """
-    ))
+        )
+    )
     out_file = tmp_path / "trees.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "CTXRELAY_"))}
-    env.update(OTEL_TRACES_EXPORTER="ctxrelay_tree", OTEL_METRICS_EXPORTER="none",
-               OTEL_LOGS_EXPORTER="none", CTXRELAY_TREE_FILE=str(out_file))
-    done = subprocess.run([sys.executable, str(app)], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
+    env.update(
+        OTEL_TRACES_EXPORTER="ctxrelay_tree",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        CTXRELAY_TREE_FILE=str(out_file),
+    )
+    done = subprocess.run(
+        [sys.executable, str(app)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "── trace" not in done.stderr
     (lines,) = _trees(out_file.read_text(encoding="utf-8"))
@@ -433,8 +445,14 @@ def test_otel_traces_exporter_selects_it_and_tree_file_redirects_it(tmp_path: Pa
     assert "MainThread → printer" in lines[2]
 
     del env["CTXRELAY_TREE_FILE"]  # default: stderr
-    done = subprocess.run([sys.executable, str(app)], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(app)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "⇢ Thread print" in done.stderr
 

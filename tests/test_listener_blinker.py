@@ -82,7 +82,9 @@ def test_spans_order_results_and_exactly_once(exporter, tracer):
     assert traced == plain
     assert all(receiver is original for (receiver, _), (original, _) in zip(traced, plain))
     by_name = {fn.__name__: fn for fn in receivers}
-    dispatch, _ = assert_listener_tree(exporter, "blinker", "order-placed", [by_name[c] for c in calls])
+    dispatch, _ = assert_listener_tree(
+        exporter, "blinker", "order-placed", [by_name[c] for c in calls]
+    )
     assert dispatch.parent.span_id == request.get_span_context().span_id
     assert dispatch.attributes[keys.ATTR_SENDER] == "builtins.str"
     assert keys.THREAD_NAME in dispatch.attributes

@@ -45,7 +45,9 @@ def test_send_spans_order_results(exporter, tracer):
         robust = sig.send_robust(sender="worker", parcel=1)  # the alias is patched too
     assert calls == plain_calls * 2 == ["first", "second"] * 2
     assert traced == plain == robust and traced[0][0] is first
-    dispatches = [s for s in exporter.get_finished_spans() if s.name == "celery dispatch order_shipped"]
+    dispatches = [
+        s for s in exporter.get_finished_spans() if s.name == "celery dispatch order_shipped"
+    ]
     assert len(dispatches) == 2
     assert all(d.parent.span_id == task.get_span_context().span_id for d in dispatches)
     assert len(listeners(exporter, "celery")) == 4
@@ -147,4 +149,6 @@ def test_payloads_only_with_opt_in_and_no_receivers(exporter):
     ctxrelay.instrument(record_payloads=True)
     sig.send(sender=None, api_key="celery-secret")
     assert "celery-secret" in payloads(exporter)[0]
-    assert all(keys.ATTR_SENDER not in s.attributes for s in exporter.get_finished_spans())  # sender=None
+    assert all(
+        keys.ATTR_SENDER not in s.attributes for s in exporter.get_finished_spans()
+    )  # sender=None

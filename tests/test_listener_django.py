@@ -91,7 +91,9 @@ def test_builtin_signal_name(exporter):
     # Django connects its own receivers (reset_queries, close_old_connections) too.
     names = [s.attributes[keys.CODE_FUNCTION_NAME] for s in listeners(exporter, "django")]
     assert keys.callable_name(on_started) in names
-    assert dispatch.attributes[keys.ATTR_LISTENERS] == len(names) == len(request_started.receivers) + 1
+    assert (
+        dispatch.attributes[keys.ATTR_LISTENERS] == len(names) == len(request_started.receivers) + 1
+    )
 
 
 def test_send_stops_on_exception_like_django(exporter, calls, receivers):
@@ -165,7 +167,9 @@ def test_asend_and_async_receivers(exporter, calls, receivers):
         assert result == [(receivers[0], "one"), (receivers[1], "two"), (late, "async")]
         assert all(type(r) is not Traced for r, _ in result)
         dispatch = only_dispatch(exporter, "django")
-        spans_by_fn = {s.attributes[keys.CODE_FUNCTION_NAME]: s for s in listeners(exporter, "django")}
+        spans_by_fn = {
+            s.attributes[keys.CODE_FUNCTION_NAME]: s for s in listeners(exporter, "django")
+        }
         assert set(spans_by_fn) == {keys.callable_name(f) for f in (*receivers, late)}
         assert all(is_child(s, dispatch) for s in spans_by_fn.values())
         # sync receivers ran in asgiref's sync_to_async thread: recorded there

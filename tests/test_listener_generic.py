@@ -64,15 +64,29 @@ def _declared():
     """Declare the test buses once; leave the generic table as it was afterwards."""
     before = list(generic.PATCHES)
     ctxrelay.trace_dispatch(
-        __name__, "Bus.publish", bus="tinybus", event=0, listeners_from="Bus.listeners_for",
-        returns_pairs=True, payload=lambda bus, args, kwargs: args[1:],
+        __name__,
+        "Bus.publish",
+        bus="tinybus",
+        event=0,
+        listeners_from="Bus.listeners_for",
+        returns_pairs=True,
+        payload=lambda bus, args, kwargs: args[1:],
     )
     ctxrelay.trace_dispatch(
-        __name__, "Bus.apublish", bus="tinybus", event=0, listeners_from="Bus.listeners_for",
+        __name__,
+        "Bus.apublish",
+        bus="tinybus",
+        event=0,
+        listeners_from="Bus.listeners_for",
         returns_pairs=True,
     )
-    ctxrelay.trace_dispatch(__name__, "Scheduler.emit", bus="scheduler", event="topic",
-                            listener_call="Scheduler._run_one")
+    ctxrelay.trace_dispatch(
+        __name__,
+        "Scheduler.emit",
+        bus="scheduler",
+        event="topic",
+        listener_call="Scheduler._run_one",
+    )
     yield
     ctxrelay.uninstrument()
     generic.PATCHES[:] = before
@@ -157,15 +171,23 @@ def test_listener_call_hook_times_the_listener_in_the_pool(exporter, tracer):
     hop = next(s for s in exporter.get_finished_spans() if keys.ATTR_RUNNER in s.attributes)
     work = next(s for s in exporter.get_finished_spans() if s.name == "work")
     assert dispatch.parent.span_id == request.get_span_context().span_id
-    assert is_child(hop, dispatch) and is_child(listener_span, hop) and is_child(work, listener_span)
+    assert (
+        is_child(hop, dispatch) and is_child(listener_span, hop) and is_child(work, listener_span)
+    )
 
 
 def test_declared_after_instrument_applies_at_once_and_only_once(exporter):
     ctxrelay.instrument()
     before = len(generic.PATCHES)
     # the same declaration again: no second wrapper, so no nested dispatch span
-    ctxrelay.trace_dispatch(__name__, "Bus.publish", bus="tinybus", event=0,
-                            listeners_from="Bus.listeners_for", returns_pairs=True)
+    ctxrelay.trace_dispatch(
+        __name__,
+        "Bus.publish",
+        bus="tinybus",
+        event=0,
+        listeners_from="Bus.listeners_for",
+        returns_pairs=True,
+    )
     assert len(generic.PATCHES) == before
     bus = Bus("b")
     bus.subscribers = _subscribers([])
@@ -214,7 +236,9 @@ def test_off_unsampled_and_suppressed_record_nothing(exporter, tracer):
     unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("t")
     with unsampled.start_as_current_span("not sampled"):
         bus.publish("e")
-    token = otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+    token = otel_context.attach(
+        otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
+    )
     try:
         bus.publish("e")
     finally:

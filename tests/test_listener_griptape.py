@@ -78,7 +78,9 @@ def test_spans_order_filter_and_exactly_once(exporter, tracer):
     with tracer.start_as_current_span("agent run") as run:
         assert EventBus.publish_event(Ping()) is None
     assert calls == plain_calls == ["first", "last"]
-    dispatch, _ = assert_listener_tree(exporter, "griptape", "Ping", [first, last])  # filtered: no span
+    dispatch, _ = assert_listener_tree(
+        exporter, "griptape", "Ping", [first, last]
+    )  # filtered: no span
     assert dispatch.parent.span_id == run.get_span_context().span_id
 
     exporter.clear()
@@ -119,15 +121,20 @@ def test_driver_listener(exporter):
         calls.append("on_event")
         return event
 
-    EventBus.add_event_listeners([EventListener(on_event, event_listener_driver=driver), EventListener(
-        event_listener_driver=driver
-    )])
+    EventBus.add_event_listeners(
+        [
+            EventListener(on_event, event_listener_driver=driver),
+            EventListener(event_listener_driver=driver),
+        ]
+    )
     ctxrelay.instrument()
     EventBus.publish_event(Ping())
     assert calls == ["on_event"] and driver.sent == ["Ping", "Ping"]
     with_fn, driver_only = listeners(exporter, "griptape")
     assert with_fn.attributes[keys.CODE_FUNCTION_NAME] == keys.callable_name(on_event)
-    assert driver_only.attributes[keys.CODE_FUNCTION_NAME] == keys.callable_name(RecordingDriver.publish_event)
+    assert driver_only.attributes[keys.CODE_FUNCTION_NAME] == keys.callable_name(
+        RecordingDriver.publish_event
+    )
     for span in (with_fn, driver_only):
         assert span.attributes[keys.ATTR_LISTENER_DRIVER] == f"{__name__}.RecordingDriver"
     # the driver's own pool hand-over nests under the listener that made it
@@ -147,12 +154,18 @@ def test_listener_fires_in_a_worker_thread_only_with_ctxrelay(exporter, tracer):
     def publish():
         EventBus.publish_event(Ping())
 
-    with tracer.start_as_current_span("request"), ThreadPoolExecutor(1, thread_name_prefix="w") as pool:
+    with (
+        tracer.start_as_current_span("request"),
+        ThreadPoolExecutor(1, thread_name_prefix="w") as pool,
+    ):
         pool.submit(publish).result()
     assert seen == []  # without ctxrelay the worker's bus has no listener at all
 
     ctxrelay.instrument()
-    with tracer.start_as_current_span("request") as request, ThreadPoolExecutor(1, thread_name_prefix="w") as pool:
+    with (
+        tracer.start_as_current_span("request") as request,
+        ThreadPoolExecutor(1, thread_name_prefix="w") as pool,
+    ):
         pool.submit(publish).result()
     assert len(seen) == 1 and seen[0].startswith("w")
     hop = next(s for s in exporter.get_finished_spans() if s.name == "ThreadPoolExecutor publish")

@@ -53,7 +53,9 @@ def test_send_message_spans_order_and_parent_topics(exporter, tracer, topic):
         assert pub.sendMessage(f"{topic}.paid", amount=5) is None
     # pubsub delivers to the parent topic's listeners first, then the topic's own
     assert calls == plain_calls == ["parent 5", "first 5", "second 5"]
-    dispatch, _ = assert_listener_tree(exporter, "pubsub", f"{topic}.paid", [on_parent, first, second])
+    dispatch, _ = assert_listener_tree(
+        exporter, "pubsub", f"{topic}.paid", [on_parent, first, second]
+    )
     assert dispatch.parent.span_id == request.get_span_context().span_id
 
     exporter.clear()

@@ -184,9 +184,7 @@ def test_asyncio_emitter_coroutine_handler_span_covers_the_task(exporter, tracer
     asyncio.run(main())
     assert sorted(calls) == ["slow 1", "sync 1"] and errors == [boom]
     dispatch = next(s for s in exporter.get_finished_spans() if s.name == "pyee dispatch msg")
-    found = [
-        s for s in listeners(exporter, "pyee") if s.attributes[keys.ATTR_EVENT] == "msg"
-    ]
+    found = [s for s in listeners(exporter, "pyee") if s.attributes[keys.ATTR_EVENT] == "msg"]
     slow_span, sync_span, bad_span = found
     assert [s.name for s in (slow_span, sync_span, bad_span)] == [
         "pyee listener slow",
@@ -200,7 +198,9 @@ def test_asyncio_emitter_coroutine_handler_span_covers_the_task(exporter, tracer
     assert_failed(bad_span, boom)
     # pyee emits "error" from the failed task's done-callback, after emit() returned:
     # a dispatch of its own, in the same trace, not a fourth listener of "msg".
-    error_dispatch = next(s for s in exporter.get_finished_spans() if s.name == "pyee dispatch error")
+    error_dispatch = next(
+        s for s in exporter.get_finished_spans() if s.name == "pyee dispatch error"
+    )
     assert error_dispatch.context.trace_id == dispatch.context.trace_id
     assert dispatch.attributes[keys.ATTR_LISTENERS] == 3
 

@@ -30,7 +30,7 @@ pytest.importorskip("gunicorn.workers.gthread")
 TIMEOUT = 10
 START_TIMEOUT = 30
 
-APP = '''
+APP = """
 import contextvars
 import json
 import threading
@@ -76,13 +76,13 @@ def app(environ, start_response):
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
     start_response("200 OK", headers)
     return [data]
-'''
+"""
 
-CONFIG_WITH_CTXRELAY = '''
+CONFIG_WITH_CTXRELAY = """
 def post_fork(server, worker):
     import ctxrelay
     ctxrelay.instrument()
-'''
+"""
 
 
 def free_port() -> int:

@@ -23,7 +23,9 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "run": Command("ctxrelay.cli:run", "run a command with ctxrelay activated in every Python it starts"),
+    "run": Command(
+        "ctxrelay.cli:run", "run a command with ctxrelay activated in every Python it starts"
+    ),
     "demo": Command("ctxrelay.demo:main", "run examples/demo_app.py without, then with ctxrelay"),
 }
 

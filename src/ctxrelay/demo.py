@@ -67,13 +67,19 @@ def main(argv: Sequence[str]) -> int:
         return 0
     app = Path(args[0]) if args else find_app()
     if app is None or not app.is_file():
-        print("ctxrelay demo: examples/demo_app.py not found; run it from a source checkout "
-              "or pass its path.", file=sys.stderr)
+        print(
+            "ctxrelay demo: examples/demo_app.py not found; run it from a source checkout "
+            "or pass its path.",
+            file=sys.stderr,
+        )
         return 2
     missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
     if missing:
-        print(f"ctxrelay demo: the demo needs {', '.join(missing)}: "
-              "pip install 'ctxrelay[frameworks]'", file=sys.stderr)
+        print(
+            f"ctxrelay demo: the demo needs {', '.join(missing)}: "
+            "pip install 'ctxrelay[frameworks]'",
+            file=sys.stderr,
+        )
         return 2
     without, with_ = _environments()
     runs = (

@@ -96,7 +96,9 @@ class Relayed:
 
     __slots__ = ("context", "fn", "hop")
 
-    def __init__(self, fn: Callable[..., Any], context: Context | None, hop: spans.Hop | None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], context: Context | None, hop: spans.Hop | None
+    ) -> None:
         self.fn = fn
         self.context = context
         self.hop = hop
@@ -177,7 +179,9 @@ def hand_over_call(
 
 
 def _with_span_only(
-    runner: str, fn: Callable[..., Any], chosen: tuple[Context, Any, tuple[Any, ...], dict[str, Any]]
+    runner: str,
+    fn: Callable[..., Any],
+    chosen: tuple[Context, Any, tuple[Any, ...], dict[str, Any]],
 ) -> Callable[..., Any]:
     """The caller already runs ``fn`` in a context of its choice: add the hop span only."""
     hop = spans.hand_over(runner)
@@ -186,7 +190,9 @@ def _with_span_only(
     context, target, args, kwargs = chosen
     # Wrapped in a context-less Relayed so that an inner patch (the pool, after
     # run_in_executor) sees the work as handled and adds no second span.
-    return Relayed(_Partial(context.run, run_hop, hop, target, args, kwargs, None, None), None, None)
+    return Relayed(
+        _Partial(context.run, run_hop, hop, target, args, kwargs, None, None), None, None
+    )
 
 
 def run_hop(
@@ -212,7 +218,9 @@ def run_hop(
             context_vars = len(copy_context())
         if thread_name is None:
             thread_name = threading.current_thread().name
-        span, token = spans.start_hop(hop, fn if named is None else named, context_vars, thread_name)
+        span, token = spans.start_hop(
+            hop, fn if named is None else named, context_vars, thread_name
+        )
     except Exception:  # pragma: no cover - defensive
         span = token = None
     try:

@@ -13,7 +13,7 @@ runs after the interpreter has joined the non-daemon threads.
 
 Nothing is configured when:
 
-* a real tracer provider is already set (by a ``sitecustomize``, or ``OTEL_PYTHON_TRACER_PROVIDER``);
+* a real tracer provider is already set (a ``sitecustomize``, ``OTEL_PYTHON_TRACER_PROVIDER``);
 * ``opentelemetry-instrument`` is starting this interpreter (its configurator runs next);
 * ``OTEL_SDK_DISABLED=true`` (the SDK would hand out no-op tracers anyway).
 
@@ -77,4 +77,3 @@ def configure_from_env() -> bool:
     defaults = [] if os.environ.get(OTEL_TRACES_EXPORTER, "").strip() else [default_exporter()]
     _Configurator().configure(trace_exporter_names=defaults)
     return True
-

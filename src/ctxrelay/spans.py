@@ -287,7 +287,9 @@ def record_failure(span: Span, exc: BaseException) -> None:
     """ERROR status and an exception event; the exception itself is not touched."""
     if span.is_recording():
         span.record_exception(exc, escaped=True)
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:MAX_ATTRIBUTE_LENGTH]))
+        span.set_status(
+            Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:MAX_ATTRIBUTE_LENGTH])
+        )
 
 
 def end_hop(span: Span, token: object) -> None:

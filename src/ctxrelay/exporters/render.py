@@ -40,8 +40,16 @@ ARROW = "→"
 #: For streams that cannot encode the box-drawing characters (an ASCII locale).
 ASCII = str.maketrans(
     {
-        "├": "|", "└": "`", "│": "|", "─": "-", "·": "-", "↗": "^",
-        HOP: ">>", LISTENER: "@", ERROR: "X", ARROW: "->",
+        "├": "|",
+        "└": "`",
+        "│": "|",
+        "─": "-",
+        "·": "-",
+        "↗": "^",
+        HOP: ">>",
+        LISTENER: "@",
+        ERROR: "X",
+        ARROW: "->",
     }
 )
 

@@ -182,7 +182,9 @@ class Dispatch:
             if attributes:
                 attrs.update(attributes)
             name = spans.LISTENER_SPAN.format(bus=self.bus, listener=spans.short_name(fn))
-            span = settings.tracer.start_span(name, context=parent, kind=SpanKind.INTERNAL, attributes=attrs)
+            span = settings.tracer.start_span(
+                name, context=parent, kind=SpanKind.INTERNAL, attributes=attrs
+            )
             token = otel_context.attach(trace.set_span_in_context(span))
             return span, token, _current.set(None)
         except Exception:  # pragma: no cover - defensive: the listener runs, unrecorded
@@ -246,7 +248,9 @@ def current(bus: str | None = None) -> Dispatch | None:
 _Started = tuple[Dispatch, object, Token[Dispatch | None]]
 
 
-def _begin(bus: Bus, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Started | None:
+def _begin(
+    bus: Bus, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _Started | None:
     try:
         if bus.has_listeners is not None and not bus.has_listeners(instance, args, kwargs):
             return None
@@ -320,7 +324,9 @@ def _untraced(wrapped: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str
 def dispatching(bus: Bus) -> Wrapper:
     """Wrapper for a synchronous dispatch method: the dispatch span around it."""
 
-    def dispatch_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def dispatch_wrapper(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if not settings.listeners:
             return wrapped(*args, **kwargs)
         started = _begin(bus, instance, args, kwargs)
@@ -345,7 +351,9 @@ def dispatching_async(bus: Bus) -> Wrapper:
     still fails at the call); the span starts when it is awaited, in the awaiting task.
     """
 
-    def dispatch_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def dispatch_wrapper(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         coroutine = wrapped(*args, **kwargs)
         if not settings.listeners or not inspect.iscoroutine(coroutine):
             return coroutine
@@ -355,7 +363,11 @@ def dispatching_async(bus: Bus) -> Wrapper:
 
 
 async def _dispatch_async(
-    bus: Bus, coroutine: Coroutine[Any, Any, T], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    bus: Bus,
+    coroutine: Coroutine[Any, Any, T],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> T:
     started = _begin(bus, instance, args, kwargs)
     if started is None:
@@ -403,12 +415,19 @@ def listeners_from(bus: str) -> Wrapper:
     any other caller (``has_listeners``, the user) gets the plain listeners.
     """
 
-    def listeners_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def listeners_wrapper(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         result = wrapped(*args, **kwargs)
         if not settings.listeners:
             return result
         dispatch = _current.get()
-        if dispatch is None or dispatch.bus != bus or dispatch.owner is not instance or dispatch.claimed:
+        if (
+            dispatch is None
+            or dispatch.bus != bus
+            or dispatch.owner is not instance
+            or dispatch.claimed
+        ):
             return result
         dispatch.claimed = True
         try:
@@ -422,11 +441,18 @@ def listeners_from(bus: str) -> Wrapper:
 def listener_argument(bus: str, position: int) -> Wrapper:
     """Wrapper for a method given one listener at ``args[position]`` to call or schedule."""
 
-    def argument_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def argument_wrapper(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if not settings.listeners:
             return wrapped(*args, **kwargs)
         dispatch = _current.get()
-        if dispatch is None or dispatch.bus != bus or dispatch.owner is not instance or len(args) <= position:
+        if (
+            dispatch is None
+            or dispatch.bus != bus
+            or dispatch.owner is not instance
+            or len(args) <= position
+        ):
             return wrapped(*args, **kwargs)
         args = (*args[:position], dispatch.traced(args[position]), *args[position + 1 :])
         return wrapped(*args, **kwargs)
@@ -445,7 +471,9 @@ def listener_call(
     after, or None when this call does not deliver the event (no span).
     """
 
-    def call_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def call_wrapper(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if not settings.listeners:
             return wrapped(*args, **kwargs)
         dispatch = _current.get()

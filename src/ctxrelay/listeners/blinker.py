@@ -32,7 +32,11 @@ def _has_listeners(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 
 def _event(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     name = getattr(signal, "name", None)  # NamedSignal; anonymous signals by their binding
-    return name if isinstance(name, str) else _dispatch.module_attribute_name(signal, type(signal).__name__)
+    return (
+        name
+        if isinstance(name, str)
+        else _dispatch.module_attribute_name(signal, type(signal).__name__)
+    )
 
 
 BUS = _dispatch.Bus(

@@ -22,7 +22,11 @@ _MODULE = "celery.utils.dispatch.signal"
 
 def _event(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     name = getattr(signal, "name", None)
-    return name if isinstance(name, str) and name else _dispatch.module_attribute_name(signal, "Signal")
+    return (
+        name
+        if isinstance(name, str) and name
+        else _dispatch.module_attribute_name(signal, "Signal")
+    )
 
 
 BUS = _dispatch.Bus(
@@ -35,7 +39,13 @@ BUS = _dispatch.Bus(
 )
 
 PATCHES = (
-    Patch(NAME, _MODULE, "Signal.send", _dispatch.dispatching(BUS), on_apply=_receivers.remember_marker),
+    Patch(
+        NAME,
+        _MODULE,
+        "Signal.send",
+        _dispatch.dispatching(BUS),
+        on_apply=_receivers.remember_marker,
+    ),
     Patch(NAME, _MODULE, "Signal.send_robust", _dispatch.dispatching(BUS)),
     Patch(NAME, _MODULE, "Signal._live_receivers", _dispatch.listeners_from(NAME)),
 )

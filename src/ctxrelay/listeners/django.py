@@ -1,4 +1,4 @@
-"""Django ``Signal.send``, ``send_robust``, ``asend``, ``asend_robust``: a span per send and receiver.
+"""Django ``Signal.send``, ``send_robust``, ``asend``, ``asend_robust``: spans per send, receiver.
 
 Read against Django 5.2 (``django/dispatch/dispatcher.py``); 4.2 has no ``asend`` and
 its ``_live_receivers`` returns one list, which is handled the same way.
@@ -15,7 +15,6 @@ loop; ``send_robust`` logs it and returns it as that receiver's response.  Resul
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Any
 
 from ctxrelay.listeners import _dispatch, _signals
 from ctxrelay.patching import Patch
@@ -34,7 +33,9 @@ def _has_asend() -> bool:
 
 BUS = _dispatch.Bus(
     NAME,
-    event=lambda signal, args, kwargs: _dispatch.module_attribute_name(signal, type(signal).__name__),
+    event=lambda signal, args, kwargs: _dispatch.module_attribute_name(
+        signal, type(signal).__name__
+    ),
     has_listeners=_receivers.has_listeners,
     sender=_signals.sender,
     payload=_signals.payload,
@@ -42,9 +43,17 @@ BUS = _dispatch.Bus(
 )
 
 PATCHES = (
-    Patch(NAME, _MODULE, "Signal.send", _dispatch.dispatching(BUS), on_apply=_receivers.remember_marker),
+    Patch(
+        NAME,
+        _MODULE,
+        "Signal.send",
+        _dispatch.dispatching(BUS),
+        on_apply=_receivers.remember_marker,
+    ),
     Patch(NAME, _MODULE, "Signal.send_robust", _dispatch.dispatching(BUS)),
     Patch(NAME, _MODULE, "Signal.asend", _dispatch.dispatching_async(BUS), applies=_has_asend),
-    Patch(NAME, _MODULE, "Signal.asend_robust", _dispatch.dispatching_async(BUS), applies=_has_asend),
+    Patch(
+        NAME, _MODULE, "Signal.asend_robust", _dispatch.dispatching_async(BUS), applies=_has_asend
+    ),
     Patch(NAME, _MODULE, "Signal._live_receivers", _dispatch.listeners_from(NAME)),
 )

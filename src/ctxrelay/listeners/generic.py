@@ -44,7 +44,9 @@ def _either(bus: _dispatch.Bus) -> Wrapper:
     """A dispatch wrapper for a method that may be sync or ``async def``."""
     sync, asynchronous = _dispatch.dispatching(bus), _dispatch.dispatching_async(bus)
 
-    def dispatch_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def dispatch_wrapper(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         chosen = asynchronous if inspect.iscoroutinefunction(wrapped) else sync
         return chosen(wrapped, instance, args, kwargs)
 
@@ -103,7 +105,9 @@ def trace_dispatch(
     if listeners_from is not None:
         declared.append(Patch(bus, module, listeners_from, _dispatch.listeners_from(bus)))
     if listener_call is not None:
-        declared.append(Patch(bus, module, listener_call, _dispatch.listener_argument(bus, listener_position)))
+        declared.append(
+            Patch(bus, module, listener_call, _dispatch.listener_argument(bus, listener_position))
+        )
     # Declaring the same hook twice must not stack two wrappers (nested spans).
     known = {(p.name, p.module, p.path) for p in PATCHES}
     declared = [p for p in declared if (p.name, p.module, p.path) not in known]

@@ -45,5 +45,10 @@ BUS = _dispatch.Bus(
 
 PATCHES = (
     Patch(NAME, "pubsub.core.topicobj", "Topic.publish", _dispatch.dispatching(BUS)),
-    Patch(NAME, "pubsub.core.listener", "Listener.__call__", _dispatch.listener_call(NAME, _listener_of)),
+    Patch(
+        NAME,
+        "pubsub.core.listener",
+        "Listener.__call__",
+        _dispatch.listener_call(NAME, _listener_of),
+    ),
 )

@@ -30,10 +30,15 @@ def _is_thread_pool(loop: Any, executor: Any) -> bool:
         executor = getattr(loop, "_default_executor", None)
         if executor is None:  # the loop will create a ThreadPoolExecutor
             return True
-    return isinstance(executor, ThreadPoolExecutor) and type(executor).__name__ != "InterpreterPoolExecutor"
+    return (
+        isinstance(executor, ThreadPoolExecutor)
+        and type(executor).__name__ != "InterpreterPoolExecutor"
+    )
 
 
-def relay_run_in_executor(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def relay_run_in_executor(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     if len(args) >= 2 and not kwargs and _is_thread_pool(instance, args[0]):
         func = args[1]
         runner = RUNNER_TO_THREAD if relay.runs_in_own_context(func) else RUNNER

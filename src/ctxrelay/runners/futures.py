@@ -31,7 +31,9 @@ NAME = "futures"
 RUNNER = "ThreadPoolExecutor"
 
 
-def relay_work_item(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def relay_work_item(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     if not kwargs:
         if len(args) == 4:  # 3.10-3.13: (future, fn, args, kwargs)
             future, fn, fn_args, fn_kwargs = args
@@ -51,5 +53,7 @@ def _exempt_workers(pool_module: Any) -> None:
 
 
 PATCHES = (
-    Patch(NAME, "concurrent.futures.thread", "_WorkItem", relay_work_item, on_apply=_exempt_workers),
+    Patch(
+        NAME, "concurrent.futures.thread", "_WorkItem", relay_work_item, on_apply=_exempt_workers
+    ),
 )

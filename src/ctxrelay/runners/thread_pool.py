@@ -42,7 +42,9 @@ RUNNER = "ThreadPool"
 _MODULE = "multiprocessing.pool"
 
 
-def relay_apply_async(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def relay_apply_async(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Around ``apply_async(func, args=(), kwds={}, ...)``: runs in the caller."""
     if args:
         return wrapped(relay.hand_over(RUNNER, args[0]), *args[1:], **kwargs)
@@ -51,7 +53,9 @@ def relay_apply_async(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs
     return wrapped(*args, **kwargs)
 
 
-def relay_task_generation(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def relay_task_generation(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Around ``_guarded_task_generation``: called in the caller, iterated elsewhere."""
     tasks = wrapped(*args, **kwargs)
     try:

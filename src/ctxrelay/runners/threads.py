@@ -54,7 +54,9 @@ def runner_of(thread: threading.Thread) -> str:
     return "Timer" if isinstance(thread, threading.Timer) else "Thread"
 
 
-def _capture_at_start(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _capture_at_start(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Around ``_start_new_thread(self._bootstrap, ())``: runs in the caller of ``start()``."""
     function = args[0] if args else kwargs.get("function")
     thread = getattr(function, "__self__", None)
@@ -83,7 +85,9 @@ def _capture_at_start(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs
         raise
 
 
-def _run_in_carried(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _run_in_carried(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Around ``Thread._bootstrap_inner``: runs in the new thread, before anything else."""
     carried = instance.__dict__.pop(_CARRIED, None) if instance is not None else None
     if carried is None:  # started before instrument(), or exempt (a pool's worker)
@@ -131,7 +135,9 @@ def _record_run(thread: threading.Thread, hop: spans.Hop, context: Any) -> None:
         pass
 
 
-def _mark_explicit_context(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _mark_explicit_context(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """3.14+: remember whether ``context=`` was passed; ``start()`` hides it later."""
     result = wrapped(*args, **kwargs)
     if kwargs.get("context") is not None and instance is not None:
@@ -139,10 +145,20 @@ def _mark_explicit_context(wrapped: Any, instance: Any, args: tuple[Any, ...], k
     return result
 
 
-_START = "_start_joinable_thread" if hasattr(threading, "_start_joinable_thread") else "_start_new_thread"
+_START = (
+    "_start_joinable_thread"
+    if hasattr(threading, "_start_joinable_thread")
+    else "_start_new_thread"
+)
 
 PATCHES = (
     Patch(NAME, "threading", _START, _capture_at_start),
     Patch(NAME, "threading", "Thread._bootstrap_inner", _run_in_carried),
-    Patch(NAME, "threading", "Thread.__init__", _mark_explicit_context, applies=lambda: _HAS_THREAD_CONTEXT),
+    Patch(
+        NAME,
+        "threading",
+        "Thread.__init__",
+        _mark_explicit_context,
+        applies=lambda: _HAS_THREAD_CONTEXT,
+    ),
 )

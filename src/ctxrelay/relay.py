@@ -333,6 +333,20 @@ class threads_started_as:  # noqa: N801 - used as a context manager, like a func
         _thread_runner.name = self.previous
 
 
+def naming_threads(
+    runner: str,
+) -> Callable[[Callable[..., T], Any, tuple[Any, ...], dict[str, Any]], T]:
+    """A wrapt wrapper: threads started during the wrapped call get hops named ``runner``."""
+
+    def wrapper(
+        wrapped: Callable[..., T], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        with threads_started_as(runner):
+            return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
 def thread_runner_name() -> str | None:
     """The runner named by an enclosing :class:`threads_started_as` in this thread."""
     return getattr(_thread_runner, "name", None)

@@ -23,8 +23,6 @@ event loop, so its ``finally`` blocks run in the queue task's context, not its o
 
 from __future__ import annotations
 
-from typing import Any
-
 from ctxrelay import relay
 from ctxrelay.patching import Patch
 
@@ -32,15 +30,7 @@ NAME = "gradio"
 RUNNER = "gradio"
 
 
-def name_server_thread(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Around ``Server.run_in_thread()``: the server thread's hop is named ``gradio``."""
-    with relay.threads_started_as(RUNNER):
-        return wrapped(*args, **kwargs)
-
-
 PATCHES = (
     Patch(NAME, "gradio.utils", "run_sync_iterator_async", relay.stepping_in_own_context),
-    Patch(NAME, "gradio.http_server", "Server.run_in_thread", name_server_thread),
+    Patch(NAME, "gradio.http_server", "Server.run_in_thread", relay.naming_threads(RUNNER)),
 )

@@ -26,8 +26,6 @@ again; excluding ``threading`` stops the propagation itself.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ctxrelay import relay
 from ctxrelay.patching import Patch
 
@@ -35,12 +33,6 @@ NAME = "socketserver"
 RUNNER = "socketserver"
 
 
-def name_request_thread(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Around ``ThreadingMixIn.process_request``: runs in the ``serve_forever`` thread."""
-    with relay.threads_started_as(RUNNER):
-        return wrapped(*args, **kwargs)
-
-
-PATCHES = (Patch(NAME, "socketserver", "ThreadingMixIn.process_request", name_request_thread),)
+PATCHES = (
+    Patch(NAME, "socketserver", "ThreadingMixIn.process_request", relay.naming_threads(RUNNER)),
+)

@@ -267,7 +267,7 @@ def _counting() -> Iterator[str]:
 
 
 def test_kept_contexts_are_let_go() -> None:
-    from ctxrelay import relay
+    from ctxrelay import iterators
 
     assert _drain(_counting()) == ["kept0", "lost1", "lost2"]  # without ctxrelay
 
@@ -279,7 +279,7 @@ def test_kept_contexts_are_let_go() -> None:
     import gc
 
     gc.collect()
-    assert relay._iterator_contexts == {}  # noqa: SLF001 - the registry must not grow
+    assert iterators._iterator_contexts == {}  # noqa: SLF001 - the registry must not grow
 
 
 def test_plain_iterators_and_errors_pass_through() -> None:
@@ -303,7 +303,7 @@ def test_an_iterator_stepped_from_two_threads_at_once_is_not_broken() -> None:
     it would without ctxrelay instead of failing with "cannot enter context"."""
     import threading
 
-    from ctxrelay import relay
+    from ctxrelay import iterators
 
     inside = threading.Event()
     release = threading.Event()
@@ -319,12 +319,12 @@ def test_an_iterator_stepped_from_two_threads_at_once_is_not_broken() -> None:
             return threading.current_thread().name
 
     slow = Slow()
-    relay.step_in_own_context(lambda it: it, slow)  # the iterator now has its own context
+    iterators.step_in_own_context(lambda it: it, slow)  # the iterator now has its own context
     results: dict[str, Any] = {}
 
     def step(name: str) -> None:
         try:
-            results[name] = relay.step_in_own_context(next, slow)
+            results[name] = iterators.step_in_own_context(next, slow)
         except BaseException as exc:  # noqa: BLE001 - reported below
             results[name] = exc
 

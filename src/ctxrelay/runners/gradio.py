@@ -15,7 +15,7 @@ Where Gradio loses the caller's context, and what covers each place:
   ``anyio.to_thread.run_sync(run_sync_iterator_async, iterator)``, each in a fresh
   copy, so a value the generator set before its first ``yield`` is gone at the second.
   The module global ``run_sync_iterator_async`` (looked up at every step) is wrapped to
-  run every step of one iterator in one context (:func:`ctxrelay.relay.step_in_own_context`).
+  run every step of one iterator in one context (:func:`ctxrelay.iterators.step_in_own_context`).
 
 Not covered: ``SyncToAsyncIterator.aclose`` closes a generator stopped early from the
 event loop, so its ``finally`` blocks run in the queue task's context, not its own.
@@ -23,7 +23,7 @@ event loop, so its ``finally`` blocks run in the queue task's context, not its o
 
 from __future__ import annotations
 
-from ctxrelay import relay
+from ctxrelay import iterators, relay
 from ctxrelay.patching import Patch
 
 NAME = "gradio"
@@ -31,6 +31,6 @@ RUNNER = "gradio"
 
 
 PATCHES = (
-    Patch(NAME, "gradio.utils", "run_sync_iterator_async", relay.stepping_in_own_context),
+    Patch(NAME, "gradio.utils", "run_sync_iterator_async", iterators.stepping_in_own_context),
     Patch(NAME, "gradio.http_server", "Server.run_in_thread", relay.naming_threads(RUNNER)),
 )

@@ -10,7 +10,7 @@ task's context: a value the generator set before its first ``yield`` is gone at 
 second.  ``iterate_in_threadpool`` itself is imported by name into
 ``starlette.responses`` and ``fastapi.routing`` (wrapping it would miss them), but it
 looks up the module global ``_next`` at every step: that is wrapped, to run every step
-of one iterator in one context (:func:`ctxrelay.relay.step_in_own_context`).
+of one iterator in one context (:func:`ctxrelay.iterators.step_in_own_context`).
 
 Everything else Starlette hands to threads (``run_in_threadpool``: sync endpoints,
 background tasks, file I/O) goes through ``anyio.to_thread.run_sync``, which copies per
@@ -20,9 +20,9 @@ call; the anyio runner records those hops.  A server in a background thread
 
 from __future__ import annotations
 
-from ctxrelay import relay
+from ctxrelay import iterators
 from ctxrelay.patching import Patch
 
 NAME = "starlette"
 
-PATCHES = (Patch(NAME, "starlette.concurrency", "_next", relay.stepping_in_own_context),)
+PATCHES = (Patch(NAME, "starlette.concurrency", "_next", iterators.stepping_in_own_context),)

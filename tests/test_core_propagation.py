@@ -283,3 +283,22 @@ def test_process_pool_is_left_alone() -> None:
     ctxrelay.instrument()
     with ProcessPoolExecutor(1) as pool:
         assert pool.submit(abs, -3).result(30) == 3
+
+
+def test_uninstrument_drops_the_capture_of_a_thread_not_yet_running() -> None:
+    """``uninstrument()`` between a thread's ``start()`` and its first instruction: the
+    unwrapped ``_bootstrap_inner`` will never pick the capture up, so it must not stay
+    on the Thread object (pinning the starter's context for the thread's life)."""
+    from ctxrelay.runners import threads
+
+    ctxrelay.instrument(spans=False)
+    thread = threading.Thread(target=lambda: None)
+    # The state start() leaves while the new thread has not run yet: captured, in limbo.
+    threads._capture_at_start(lambda *a, **k: None, None, (thread._bootstrap, ()), {})
+    assert threads._CARRIED in thread.__dict__
+    threading._limbo[thread] = thread  # noqa: SLF001
+    try:
+        ctxrelay.uninstrument()
+    finally:
+        threading._limbo.pop(thread, None)  # noqa: SLF001
+    assert threads._CARRIED not in thread.__dict__

@@ -45,7 +45,9 @@ class Patch:
     ``name`` is the runner or bus it belongs to (``CTXRELAY_INCLUDE``/``_EXCLUDE`` use
     it); ``applies`` guards version-specific entries; ``on_apply(module)`` runs once the
     wrapper is in place, when the module is loaded (e.g. to exempt a pool's worker
-    threads from the thread patch without importing the pool's module early).
+    threads from the thread patch without importing the pool's module early), and
+    ``on_remove(module)`` once it is off (e.g. to drop what was captured for work that
+    the wrapper will no longer see).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Patch:
     wrapper: Wrapper
     applies: Callable[[], bool] = _always
     on_apply: Callable[[Any], None] | None = None
+    on_remove: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -172,6 +175,15 @@ def remove_all() -> None:
 
 
 def _remove(inst: _Installed) -> None:
+    _take_off(inst)
+    if inst.patch.on_remove is not None:
+        try:
+            inst.patch.on_remove(sys.modules.get(inst.patch.module))
+        except Exception:  # pragma: no cover - defensive: uninstrument() must finish
+            logger.warning("ctxrelay: clean-up after %s failed", inst.patch.path, exc_info=True)
+
+
+def _take_off(inst: _Installed) -> None:
     inst.switch.clear()  # first, so calls already past the lookup pass straight through
     current = _current(inst)
     if current is inst.proxy:

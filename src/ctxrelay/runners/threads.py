@@ -145,6 +145,13 @@ def _mark_explicit_context(
     return result
 
 
+def _drop_pending_captures(threading_module: Any) -> None:
+    """After ``_bootstrap_inner`` is unwrapped: threads started but not yet running
+    would keep their capture on the instance for their whole life, unused."""
+    for thread in threading_module.enumerate():
+        thread.__dict__.pop(_CARRIED, None)
+
+
 _START = (
     "_start_joinable_thread"
     if hasattr(threading, "_start_joinable_thread")
@@ -153,7 +160,13 @@ _START = (
 
 PATCHES = (
     Patch(NAME, "threading", _START, _capture_at_start),
-    Patch(NAME, "threading", "Thread._bootstrap_inner", _run_in_carried),
+    Patch(
+        NAME,
+        "threading",
+        "Thread._bootstrap_inner",
+        _run_in_carried,
+        on_remove=_drop_pending_captures,
+    ),
     Patch(
         NAME,
         "threading",

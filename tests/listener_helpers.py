@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+import ctxrelay
 from ctxrelay import spans as keys
 
 
@@ -83,3 +85,36 @@ def payloads(exporter: InMemorySpanExporter) -> list[str]:
         for s in exporter.get_finished_spans()
         if keys.ATTR_PAYLOAD in s.attributes
     ]
+
+
+def assert_dispatch_follows_the_hop(
+    exporter: InMemorySpanExporter,
+    tracer: Any,
+    publish: Callable[[], None],
+    bus: str,
+    work: str = "work",
+) -> list[ReadableSpan]:
+    """The threaded case: ``publish`` (whose listener opens span ``work``) runs in a pool.
+
+    Without ctxrelay the worker starts with an empty context: the listener's span is a
+    new trace, unrelated to the request.  With ctxrelay: request -> hop -> dispatch ->
+    listener -> ``work``.  Returns the listener spans, in call order.
+    """
+    with tracer.start_as_current_span("request"), ThreadPoolExecutor(1) as pool:
+        pool.submit(publish).result()
+    assert [s.parent for s in exporter.get_finished_spans() if s.name == work] == [None]
+    exporter.clear()
+
+    ctxrelay.instrument()
+    with tracer.start_as_current_span("request") as request, ThreadPoolExecutor(1) as pool:
+        pool.submit(publish).result()
+    finished = exporter.get_finished_spans()
+    hop = next(s for s in finished if s.name == f"ThreadPoolExecutor {publish.__name__}")
+    dispatch = only_dispatch(exporter, bus)
+    assert hop.parent.span_id == request.get_span_context().span_id
+    assert is_child(dispatch, hop)
+    children = listeners(exporter, bus)
+    assert children and all(is_child(s, dispatch) for s in children)
+    work_span = next(s for s in finished if s.name == work)
+    assert any(is_child(work_span, s) for s in children)
+    return children

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from celery import signals
 from celery.utils.dispatch import Signal
 from listener_helpers import (
+    assert_dispatch_follows_the_hop,
     assert_failed,
     assert_listener_tree,
     assert_not_recorded,
-    is_child,
     listeners,
     only_dispatch,
     payloads,
@@ -116,21 +115,7 @@ def test_listener_in_a_worker_thread_nests_under_the_hop(exporter, tracer):
     def publish():
         sig.send(sender=None)
 
-    with tracer.start_as_current_span("request"), ThreadPoolExecutor(1) as pool:
-        pool.submit(publish).result()
-    assert [s.parent for s in exporter.get_finished_spans() if s.name == "work"] == [None]
-    exporter.clear()
-
-    ctxrelay.instrument()
-    with tracer.start_as_current_span("request") as request, ThreadPoolExecutor(1) as pool:
-        pool.submit(publish).result()
-    finished = {s.name: s for s in exporter.get_finished_spans()}
-    hop = finished["ThreadPoolExecutor publish"]
-    dispatch = only_dispatch(exporter, "celery")
-    (listener_span,) = listeners(exporter, "celery")
-    assert hop.parent.span_id == request.get_span_context().span_id
-    assert is_child(dispatch, hop) and is_child(listener_span, dispatch)
-    assert is_child(finished["work"], listener_span)
+    (listener_span,) = assert_dispatch_follows_the_hop(exporter, tracer, publish, "celery")
 
 
 def test_payloads_only_with_opt_in_and_no_receivers(exporter):

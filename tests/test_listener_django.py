@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import django
 import pytest
@@ -17,6 +16,7 @@ django.setup()
 from django.core.signals import request_started  # noqa: E402
 from django.dispatch import Signal  # noqa: E402
 from listener_helpers import (  # noqa: E402
+    assert_dispatch_follows_the_hop,
     assert_failed,
     assert_listener_tree,
     assert_not_recorded,
@@ -212,22 +212,9 @@ def test_listener_in_a_worker_thread_nests_under_the_hop(exporter, tracer, recei
         order_paid.send(sender=None)
 
     order_paid.connect(audit)
-    # Without ctxrelay: the receiver's span in the pool thread starts a new trace.
-    with tracer.start_as_current_span("request"), ThreadPoolExecutor(1) as pool:
-        pool.submit(publish).result()
-    assert [s.parent for s in exporter.get_finished_spans() if s.name == "audit"] == [None]
-    exporter.clear()
-
-    ctxrelay.instrument()
-    with tracer.start_as_current_span("request") as request, ThreadPoolExecutor(1) as pool:
-        pool.submit(publish).result()
-    hop = next(s for s in exporter.get_finished_spans() if s.name == "ThreadPoolExecutor publish")
-    dispatch = only_dispatch(exporter, "django")
-    assert hop.parent.span_id == request.get_span_context().span_id
-    assert is_child(dispatch, hop)
-    children = listeners(exporter, "django")
-    assert len(children) == 3 and all(is_child(s, dispatch) for s in children)
+    children = assert_dispatch_follows_the_hop(exporter, tracer, publish, "django", "audit")
     audit_span = next(s for s in exporter.get_finished_spans() if s.name == "audit")
+    assert len(children) == 3
     assert is_child(audit_span, children[2])
     order_paid.disconnect(audit)
 

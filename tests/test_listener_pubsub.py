@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from listener_helpers import (
+    assert_dispatch_follows_the_hop,
     assert_failed,
     assert_listener_tree,
     assert_not_recorded,
-    is_child,
     listeners,
     only_dispatch,
     payloads,
@@ -120,21 +119,7 @@ def test_listener_in_a_worker_thread_nests_under_the_hop(exporter, tracer, topic
     def publish():
         pub.sendMessage(topic, x=1)
 
-    with tracer.start_as_current_span("request"), ThreadPoolExecutor(1) as pool:
-        pool.submit(publish).result()
-    assert [s.parent for s in exporter.get_finished_spans() if s.name == "work"] == [None]
-    exporter.clear()
-
-    ctxrelay.instrument()
-    with tracer.start_as_current_span("request") as request, ThreadPoolExecutor(1) as pool:
-        pool.submit(publish).result()
-    finished = {s.name: s for s in exporter.get_finished_spans()}
-    hop = finished["ThreadPoolExecutor publish"]
-    dispatch = only_dispatch(exporter, "pubsub")
-    (listener_span,) = listeners(exporter, "pubsub")
-    assert hop.parent.span_id == request.get_span_context().span_id
-    assert is_child(dispatch, hop) and is_child(listener_span, dispatch)
-    assert is_child(finished["work"], listener_span)
+    (listener_span,) = assert_dispatch_follows_the_hop(exporter, tracer, publish, "pubsub")
 
 
 def test_payloads_only_with_opt_in_and_off_switch(exporter, topic):

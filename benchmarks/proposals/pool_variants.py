@@ -9,13 +9,13 @@ Each variant replaces what ``ThreadPoolExecutor.submit`` builds (the module glob
 * ``pool8``: CPU ms of ``ThreadPoolExecutor(8)`` running 100k no-op tasks.
 
 Usage: ``.venv/bin/python benchmarks/proposals/pool_variants.py [--passes 3]`` (about
-40 s per pass); one variant alone: ``... --variant p2``.  Variants, in table order:
+40 s per pass); one variant alone: ``... --variant p5``.  Variants, in table order:
 
 =========  ==============================================================================
 bare       nothing
-ctxrelay   ``ctxrelay.instrument(spans=False)`` as committed
-p1         ctxrelay, but ``partial(Context.run, copy, fn)`` (unbound method)
-p2         ctxrelay with ``work_item_args.py``: the copy rides in the work item's args
+ctxrelay   ``ctxrelay.instrument(spans=False)`` as committed: since 05ed16c the copy rides in
+           the work item's args (P2); P1, ``partial(Context.run, copy, fn)``, and the
+           earlier ``partial(copy.run, fn)`` are in docs/performance.md and git history
 p3         the copy stored on the work item, ``_WorkItem.run`` replaced by a plain function
 p5         one snapshot shared while the submitter's context is unchanged, copied at run
 floor      a wrapt wrapper that makes the copy and drops it at once (nothing kept)
@@ -35,12 +35,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextvars import Context, copy_context
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = ("bare", "ctxrelay", "p1", "p2", "p3", "p5", "floor", "otel")
+VARIANTS = ("bare", "ctxrelay", "p3", "p5", "floor", "otel")
 
 
 def noop() -> None:
@@ -98,26 +97,8 @@ def install(variant: str) -> None:
         original.run = run
         return
 
-    import runpy
-
     import ctxrelay
 
-    if variant == "p1":
-        from ctxrelay import relay
-
-        hand_over = relay.hand_over
-
-        def unbound(runner: str, fn: Any) -> Any:
-            result = hand_over(runner, fn)
-            if type(result) is partial and type(fn) is not partial and not result.args[1:]:
-                return partial(Context.run, result.func.__self__, fn)
-            return result
-
-        from ctxrelay.runners import futures
-
-        futures.hand_over = unbound
-    elif variant == "p2":
-        runpy.run_path(str(HERE / "work_item_args.py"))
     ctxrelay.instrument(spans=False, listener_spans=False)
 
 

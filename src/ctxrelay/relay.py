@@ -86,8 +86,10 @@ def runs_in_own_context(fn: Any) -> bool:
 class Relayed:
     """``fn`` plus the captured context and the hop span to record; runs once, in that copy.
 
-    Used when a span is recorded (without one, :func:`hand_over` queues a plain
-    ``partial(context.run, fn)``).  Single use: pools call each submitted callable once;
+    Queued when a span is recorded (without one, :func:`hand_over` queues a plain
+    ``partial(context.run, fn)``); with no ``hop`` it only marks the work as relayed, or
+    runs a callable that records its own span (``thread_pool`` names a chunk's span after
+    the user's function).  Single use: pools call each submitted callable once;
     a second call (only possible if someone kept the callable) runs ``fn`` in the
     caller's context rather than entering a context that may already be in use.
     """
@@ -137,9 +139,7 @@ def hand_over(runner: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             chosen = _context_run_target(fn)
             if chosen is not None:
                 return _with_span_only(runner, fn, chosen)
-        context = copy_context()
-        if _skipped_var_names:
-            context = _without_skipped(context)
+        context = capture()
         if _span_settings.hops:
             hop = spans.hand_over(runner)
             if hop is not None:

@@ -185,11 +185,6 @@ def short_name(fn: Any) -> str:
     return str(name)[:MAX_ATTRIBUTE_LENGTH]
 
 
-def recording_allowed() -> bool:
-    """False while the OpenTelemetry SDK (or anyone) suppresses instrumentation."""
-    return not otel_context.get_value(_SUPPRESS_KEY)
-
-
 class Hop:
     """What the origin thread knew at hand-over, kept only when a span will be recorded."""
 
@@ -218,22 +213,35 @@ def should_record() -> bool:
     records, yet its children belong in the trace.  This runs on every hand-over, so the
     OpenTelemetry context is read once (see :func:`_current_otel_context`).
     """
-    if not settings.hops:
-        return False
+    return settings.hops and parent_allows(root=False)
+
+
+def parent_allows(*, root: bool) -> bool:
+    """May a span start here, as a child of the current span (or, with ``root``, alone)?
+
+    False under an unsampled parent (a parent-based sampler would drop the child too)
+    and while instrumentation is suppressed; with no active span, ``root`` decides.  The
+    OpenTelemetry context is read once (see :func:`_current_otel_context`).
+    """
     current = _current_otel_context()
     if current is None:  # another runtime context: the public API
-        if not trace.get_current_span().get_span_context().trace_flags.sampled:
+        parent = trace.get_current_span().get_span_context()
+        if not parent.trace_flags.sampled and (parent.is_valid or not root):
             return False
         return not otel_context.get_value(_SUPPRESS_KEY)
     span = current.get(_SPAN_KEY)
     if span is None:
-        return False
-    try:
-        # ``& 1`` rather than ``.sampled``: the property costs more than the rest here.
-        if not span.get_span_context().trace_flags & _SAMPLED:
+        if not root:
             return False
-    except AttributeError:  # not a Span: what get_current_span() treats as INVALID_SPAN
-        return False
+    else:
+        try:
+            parent = span.get_span_context()
+            # ``& 1`` rather than ``.sampled``: the property costs more than the rest.
+            if not parent.trace_flags & _SAMPLED and (not root or parent.is_valid):
+                return False
+        except AttributeError:  # not a Span: what get_current_span() calls INVALID_SPAN
+            if not root:
+                return False
     return not current.get(_SUPPRESS_KEY)
 
 

@@ -254,13 +254,10 @@ def _begin(
     try:
         if bus.has_listeners is not None and not bus.has_listeners(instance, args, kwargs):
             return None
-        parent = trace.get_current_span().get_span_context()
-        # An unsampled parent: the dispatch would not be sampled either.  (Not
-        # is_recording(): a parent that already ended - an asyncio done-callback that
-        # emits after its dispatch returned - is not recording, yet sampled.)
-        if parent.is_valid and not parent.trace_flags.sampled:
-            return None
-        if not spans.recording_allowed():
+        # A dispatch is meaningful on its own: a root span when no span is active.
+        # The sampled flag, not is_recording(): a parent that already ended (an asyncio
+        # done-callback that emits after its dispatch returned) is sampled yet not recording.
+        if not spans.parent_allows(root=True):
             return None
         event = text(bus.event(instance, args, kwargs))
         thread = threading.current_thread()

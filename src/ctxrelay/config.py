@@ -14,11 +14,14 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["ConfigWarning", "Settings", "from_env"]
+__all__ = ["ConfigWarning", "Settings", "from_env", "shown"]
 
 PREFIX = "CTXRELAY_"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
+#: Longest part of a setting's value a warning repeats: a 100 KB value must not give a
+#: 100 KB warning (nor a terminal full of it).
+MAX_SHOWN = 80
 
 
 class ConfigWarning(UserWarning):
@@ -58,6 +61,22 @@ _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
 
 
+def shown(value: str, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the full length said."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(value)} characters)"
+
+
+def _shown_names(names: list[str]) -> str:
+    """A warning's list of offending names, bounded like :func:`shown`."""
+    joined = ", ".join(names)
+    if len(joined) <= MAX_SHOWN:
+        return joined
+    return f"{joined[:MAX_SHOWN]}... ({len(names)} names)"
+
+
 def _warn(problems: list[str], key: str, raw: str, message: str) -> None:
     problems.append(message)
     with _warned_lock:
@@ -83,7 +102,7 @@ def _bool(env: Mapping[str, str], key: str, default: bool, problems: list[str]) 
         problems,
         key,
         raw,
-        f"ctxrelay: {PREFIX}{key}={raw!r} is not a boolean; allowed values: "
+        f"ctxrelay: {PREFIX}{key}={shown(raw)} is not a boolean; allowed values: "
         f"{', '.join(_TRUE + _FALSE[:-1])}. Using the default ({str(default).lower()}).",
     )
     return default
@@ -100,15 +119,17 @@ def _known_names(
 ) -> frozenset[str] | None:
     """The known names in a comma-separated list (case-insensitive); None if unset.
 
-    Unknown names are ignored with a warning; when none is left the variable is
-    ignored as a whole (``default`` says what that means), so a typo in
-    ``CTXRELAY_INCLUDE`` never silently switches every runner off.
+    A value with no name in it (empty, spaces, commas: what ``${X:-}`` in a compose
+    file gives) is unset, like every ``CTXRELAY_*`` variable.  Unknown names are
+    ignored with a warning; when none is left the variable is ignored as a whole
+    (``default`` says what that means), so a typo in ``CTXRELAY_INCLUDE`` never
+    silently switches every runner off.
     """
-    raw = env.get(PREFIX + key)
-    if raw is None:
+    names = _names(env.get(PREFIX + key))
+    if not names:
         return None
+    raw = env[PREFIX + key]
     by_lower = {name.lower(): name for name in allowed}
-    names = _names(raw)
     known = frozenset(by_lower[name.lower()] for name in names if name.lower() in by_lower)
     unknown = [name for name in names if name.lower() not in by_lower]
     if not unknown:
@@ -118,7 +139,8 @@ def _known_names(
         problems,
         key,
         raw,
-        f"ctxrelay: {PREFIX}{key}={raw!r} names unknown runners/buses {', '.join(unknown)}; "
+        f"ctxrelay: {PREFIX}{key}={shown(raw)} names unknown runners/buses "
+        f"{_shown_names(unknown)}; "
         f"allowed values: a comma-separated list of {', '.join(sorted(by_lower.values()))}. "
         f"{outcome}",
     )
@@ -135,11 +157,10 @@ def _detach_patterns(env: Mapping[str, str], problems: list[str]) -> tuple[str, 
             problems,
             "DETACH",
             raw,
-            f"ctxrelay: {PREFIX}DETACH={raw!r} is not an on/off switch; allowed values: a "
+            f"ctxrelay: {PREFIX}DETACH={shown(raw)} is not an on/off switch; allowed values: a "
             "comma-separated list of runner names (Thread, Timer, ThreadPoolExecutor, "
             "run_in_executor, to_thread, ...) or glob patterns over qualified function names "
-            "(myapp.jobs.*). Ignoring "
-            f"{', '.join(booleans)}.",
+            f"(myapp.jobs.*). Ignoring {_shown_names(booleans)}.",
         )
     return tuple(p for p in patterns if p not in booleans)
 

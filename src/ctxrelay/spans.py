@@ -132,6 +132,36 @@ class _Settings:
 settings = _Settings()
 
 
+class _GlobalTracer(trace.Tracer):
+    """ctxrelay's tracer on the *global* provider, following it when it is replaced.
+
+    ``trace.get_tracer()`` on the global provider binds to the first real provider it
+    sees, so after an application or a test harness replaces the global provider, hop
+    spans would go to one nobody reads.  Here the provider is looked up at each span:
+    one global read and an identity check while it stays the same.
+    """
+
+    def __init__(self) -> None:
+        # (provider, its tracer) in one attribute: threads refreshing at once never
+        # pair a provider with another provider's tracer.
+        self._bound: tuple[Any, trace.Tracer] = (None, trace.NoOpTracer())
+
+    def _current(self) -> trace.Tracer:
+        provider = trace.get_tracer_provider()
+        bound = self._bound
+        if bound[0] is provider:
+            return bound[1]
+        tracer = provider.get_tracer("ctxrelay", __version__)
+        self._bound = (provider, tracer)
+        return tracer
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Span:  # type: ignore[override]
+        return self._current().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self._current().start_as_current_span(*args, **kwargs)
+
+
 def configure(
     *,
     tracer_provider: trace.TracerProvider | None,
@@ -141,9 +171,12 @@ def configure(
     record_payloads: bool = False,
 ) -> None:
     """Choose the tracer and which spans are recorded. Called by ``instrument()``."""
-    # get_tracer() on the global provider returns a proxy that follows a provider the
-    # application sets later, so activation at start-up may run before the app's setup.
-    settings.tracer = trace.get_tracer("ctxrelay", __version__, tracer_provider)
+    # Without an explicit provider, follow the global one (set later by the application,
+    # or replaced): activation at start-up may run before the app's own set-up.
+    if tracer_provider is None:
+        settings.tracer = _GlobalTracer()
+    else:
+        settings.tracer = tracer_provider.get_tracer("ctxrelay", __version__)
     settings.hops = hops or detach is not None
     settings.detach_only = not hops and detach is not None
     settings.listeners = listeners

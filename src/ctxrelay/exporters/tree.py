@@ -37,7 +37,7 @@ from typing import IO, Mapping, Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from ctxrelay.config import ConfigWarning
+from ctxrelay.config import ConfigWarning, shown
 from ctxrelay.exporters.render import ASCII, render_trace
 
 __all__ = ["ENV_FILE", "TreeSpanExporter"]
@@ -210,7 +210,7 @@ class TreeSpanExporter(SpanExporter):
             self._owns_stream = True
         except OSError as exc:
             warnings.warn(
-                f"ctxrelay: {ENV_FILE}={target!r} cannot be opened ({exc}); allowed values: "
+                f"ctxrelay: {ENV_FILE}={shown(target)} cannot be opened ({exc}); allowed values: "
                 "stderr, stdout, or a writable file path. Writing to stderr instead.",
                 ConfigWarning,
                 stacklevel=2,

@@ -15,6 +15,14 @@ either strips someone else's wrapper or loses its own.  Here, on removal:
 3. if neither is possible (a plain function closes over ctxrelay's wrapper), the
    wrapper stays but is switched off, and a later ``instrument()`` switches it back on
    instead of stacking a second copy.
+
+Deferred patches are applied by :mod:`ctxrelay.imports`, which sees every import and
+reload whichever finder handles it.  A module another thread is still importing is
+patched when that import ends; a reloaded module is patched again (its classes and
+functions are new objects), and the wrappers on the old objects stay in force until
+``remove_all()``.  The import callback never waits for the lock: while another thread
+holds it (an ``instrument()`` whose ``on_apply`` imports a package this thread is
+importing), the module is queued and that thread applies it before letting go.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import wrapt
+
+from ctxrelay import imports
 
 __all__ = ["Patch", "active", "apply", "installed", "remove_all"]
 
@@ -82,7 +92,10 @@ _lock = threading.RLock()
 _wanted: dict[str, list[Patch]] = {}  # module name -> patches waiting for / applied to it
 _installed: dict[Patch, _Installed] = {}
 _parked: dict[Patch, _Installed] = {}  # switched off, still somewhere in a chain
-_hooked_modules: set[str] = set()
+#: Wrappers on the objects of a module's earlier life (before ``importlib.reload``).
+_superseded: list[_Installed] = []
+#: Modules imported while another thread held ``_lock``: applied by that thread.
+_pending: list[Any] = []
 _active = False
 
 
@@ -101,27 +114,70 @@ def apply(patches: Iterable[Patch]) -> None:
     """Install each patch now if its module is loaded, else when it is imported."""
     global _active
     with _lock:
-        _active = True
-        for patch in patches:
-            if not patch.applies():
-                continue
-            _wanted.setdefault(patch.module, []).append(patch)
-            if patch.module in sys.modules:
-                _install(patch)
-            elif patch.module not in _hooked_modules:
-                # wrapt has no way to unregister a hook: register once per module, and
-                # let the hook look at what is wanted when it fires.
-                _hooked_modules.add(patch.module)
-                wrapt.register_post_import_hook(_on_import, patch.module)
+        try:
+            _active = True
+            for patch in patches:
+                if not patch.applies():
+                    continue
+                _wanted.setdefault(patch.module, []).append(patch)
+                # Watch first, then look: an import ending in between is seen by one side.
+                imports.watch(patch.module, _on_import)
+                module = sys.modules.get(patch.module)
+                if module is None:
+                    continue
+                if imports.initializing(module):
+                    # Half-imported (by another thread, or by the caller's own import):
+                    # its attributes may not exist yet; patched when the import ends.
+                    imports.when_imported(patch.module)
+                else:
+                    _install(patch)
+        finally:
+            _release()
 
 
 def _on_import(module: Any) -> None:
-    with _lock:
-        if not _active:
-            return
-        for patch in _wanted.get(module.__name__, ()):
-            if patch not in _installed:
-                _install(patch)
+    """A watched module was imported or reloaded: apply what is wanted for it."""
+    _pending.append(module)
+    _drain()
+
+
+def _drain() -> None:
+    while _pending:
+        if not _lock.acquire(blocking=False):
+            return  # the holder applies it before letting go (see _release)
+        try:
+            while _pending:
+                _apply_to(_pending.pop(0))
+        finally:
+            _lock.release()
+
+
+def _release() -> None:
+    """After work under ``_lock``: apply modules that were imported meanwhile."""
+    if _pending:
+        _drain()
+
+
+def _apply_to(module: Any) -> None:
+    if not _active or sys.modules.get(module.__name__) is not module:
+        return
+    for patch in _wanted.get(module.__name__, ()):
+        inst = _installed.get(patch)
+        if inst is None:
+            _install(patch)
+        elif _reloaded(inst, module):
+            # importlib.reload: new classes and functions; the old ones keep their wrapper.
+            _superseded.append(_installed.pop(patch))
+            _install(patch)
+
+
+def _reloaded(inst: _Installed, module: Any) -> bool:
+    """True when ``module``'s attribute at the patch's path is no longer ours."""
+    try:
+        owner, attr, _ = wrapt.resolve_path(module, inst.patch.path)
+    except Exception:  # noqa: BLE001 - gone after the reload: nothing to re-patch
+        return False
+    return owner is not inst.owner or attr != inst.attr or not _still_in_chain(inst)
 
 
 def _install(patch: Patch) -> None:
@@ -168,10 +224,17 @@ def remove_all() -> None:
     global _active
     with _lock:
         _active = False
+        for inst in _superseded:
+            # Off, and put back where the old object still carries it (an old class).
+            inst.switch.clear()
+            if _current(inst) is inst.proxy:
+                _take_off(inst)
+        _superseded.clear()
         for inst in list(_installed.values()):
             _remove(inst)
         _installed.clear()
         _wanted.clear()
+        _pending.clear()
 
 
 def _remove(inst: _Installed) -> None:

@@ -2,11 +2,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= test,frameworks,bench
+EXTRAS ?= test,frameworks,bench,lint
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv test demo bench clean phoenix matrix test-slow ci
+.PHONY: venv test demo bench clean phoenix matrix test-slow ci lint
 
 # Arize Phoenix, the real OTLP receiver of the end-to-end tests (tests/test_e2e_phoenix.py).
 # Its dependency tree is huge and pins things gradio also pins: it gets its own venv,
@@ -43,7 +43,15 @@ test-slow: venv phoenix
 matrix:
 	PYTHON=$(PYTHON) .ci/run matrix
 
-# Everything CI runs: test-slow, then matrix.
+# ruff (lint rules and formatting) and mypy, configured in pyproject.toml; CI fails on any
+# finding.  `ruff format src tests benchmarks examples` and `ruff check --fix` repair most.
+LINT_PATHS := src tests benchmarks examples
+lint: venv
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+
+# Everything CI runs: lint, test-slow, then matrix.
 ci:
 	PYTHON=$(PYTHON) .ci/run
 

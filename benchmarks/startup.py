@@ -101,7 +101,8 @@ def main() -> None:
             os.environ["CTXRELAY_ENABLED"] = saved
 
     print(
-        f"Python {sys.version.split()[0]} ({sysconfig.get_platform()}), {args.runs} runs per case, interleaved\n"
+        f"Python {sys.version.split()[0]} ({sysconfig.get_platform()}), "
+        f"{args.runs} runs per case, interleaved\n"
     )
     print("| case | median ms | p10 ms | p90 ms |")
     print("| --- | ---: | ---: | ---: |")

@@ -41,7 +41,8 @@ def probe(label="probe"):
     def work(key):
         ctx = trace.get_current_span().get_span_context()
         calls = seen.get(key, {}).get("calls", 0) + 1
-        seen[key] = {"request_id": REQUEST.get(), "trace_id": format(ctx.trace_id, "032x"), "calls": calls}
+        trace_id = format(ctx.trace_id, "032x")
+        seen[key] = {"request_id": REQUEST.get(), "trace_id": trace_id, "calls": calls}
 
     with tracer.start_as_current_span("request") as span:
         REQUEST.set("r-42")

@@ -12,12 +12,8 @@ import threading
 import time
 from typing import Any, Iterator
 
-import pytest
-
 #: Bound for every wait on a server (start, stop); never reached when things work.
 SERVER_TIMEOUT_S = 15.0
-
-_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", b"127.0.0.1", b"localhost"}
 
 
 def free_port() -> int:
@@ -51,23 +47,3 @@ def uvicorn_in_thread(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(SERVER_TIMEOUT_S)
         assert not thread.is_alive(), "uvicorn did not stop"
-
-
-@pytest.fixture
-def no_internet(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Refuse (and record) any name lookup that is not the loopback interface.
-
-    Gradio has telemetry, update checks and share tunnels: a test must neither reach
-    the internet nor hang waiting for it.  Tests assert the returned list is empty.
-    """
-    attempts: list[Any] = []
-    real = socket.getaddrinfo
-
-    def local_only(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host not in _LOCAL_HOSTS:
-            attempts.append(host)
-            raise socket.gaierror(f"test: no internet (tried {host!r})")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", local_only)
-    return attempts

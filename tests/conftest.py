@@ -8,6 +8,8 @@ exporter that each test starts empty.  Every test ends uninstrumented, whatever 
 from __future__ import annotations
 
 import os
+import socket
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -21,6 +23,8 @@ _EXPORTER = InMemorySpanExporter()
 _PROVIDER = TracerProvider()
 _PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
 trace.set_tracer_provider(_PROVIDER)
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", b"127.0.0.1", b"localhost"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,3 +70,23 @@ def instrumented():
     ctxrelay.instrument()
     yield
     ctxrelay.uninstrument()
+
+
+@pytest.fixture
+def no_internet(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Refuse (and record) any name lookup that is not the loopback interface.
+
+    Gradio has telemetry, update checks and share tunnels: a test must neither reach
+    the internet nor hang waiting for it.  Tests assert the returned list is empty.
+    """
+    attempts: list[Any] = []
+    real = socket.getaddrinfo
+
+    def local_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in _LOCAL_HOSTS:
+            attempts.append(host)
+            raise socket.gaierror(f"test: no internet (tried {host!r})")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+    return attempts

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from activation_support import VENV_BIN, base_env, carried, probe_of, probes, run, write_probe
 
 OTEL_APP = """\
@@ -36,11 +37,13 @@ trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
 
 
 def wrapped_attributes():
-    places = [(threading.Thread, "start"), (threading.Thread, "run"), (threading.Thread, "_bootstrap_inner"),
-              (ThreadPoolExecutor, "submit")]
+    places = [(threading.Thread, "start"), (threading.Thread, "run"),
+              (threading.Thread, "_bootstrap_inner"), (ThreadPoolExecutor, "submit")]
     found = [f"{o.__name__}.{a}" for o, a in places if isinstance(o.__dict__.get(a), PROXY)]
-    for module, names in ((threading, ("_start_new_thread", "_start_joinable_thread")), (pool_module, ("_WorkItem",))):
-        found += [f"{module.__name__}.{n}" for n in names if isinstance(getattr(module, n, None), PROXY)]
+    for module, names in ((threading, ("_start_new_thread", "_start_joinable_thread")),
+                          (pool_module, ("_WorkItem",))):
+        found += [f"{module.__name__}.{n}" for n in names
+                  if isinstance(getattr(module, n, None), PROXY)]
     return found
 
 
@@ -51,7 +54,8 @@ def step(label):
     print("STEP " + json.dumps({
         "label": label,
         "hops": sorted(s.attributes["ctxrelay.runner"] for s in hops),
-        "hop_parents_ok": all(s.parent is not None and s.parent.span_id == root.context.span_id for s in hops),
+        "hop_parents_ok": all(s.parent is not None and s.parent.span_id == root.context.span_id
+                              for s in hops),
         "wrapped": wrapped_attributes(),
     }), flush=True)
     memory.clear()

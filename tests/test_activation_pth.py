@@ -8,11 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from activation_support import base_env, build_wheel, carried, lost, probe_of, run, write_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 PTH_NAME = "zz_ctxrelay.pth"
-NOT_LOADED = "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('ctxrelay', 'wrapt', 'opentelemetry')))"
+NOT_LOADED = (
+    "import sys; print(sorted(m for m in sys.modules"
+    " if m.split('.')[0] in ('ctxrelay', 'wrapt', 'opentelemetry')))"
+)
 
 
 @pytest.fixture

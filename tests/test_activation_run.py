@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from activation_support import (
     CTXRELAY,
     base_env,
@@ -23,7 +24,6 @@ from activation_support import (
     run_server_until_probe,
     write_probe,
 )
-
 from ctxrelay.version import __version__
 
 

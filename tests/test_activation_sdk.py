@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from activation_support import CTXRELAY, base_env, carried, lost, probe_of, run, write_probe
 
+from activation_support import CTXRELAY, base_env, carried, lost, probe_of, run, write_probe
 from ctxrelay import spans
 
 
@@ -113,7 +113,8 @@ def test_provider_set_by_users_sitecustomize_is_kept(app_dir: Path, tmp_path: Pa
         "from opentelemetry import trace\n"
         "from opentelemetry.sdk.resources import Resource\n"
         "from opentelemetry.sdk.trace import TracerProvider\n"
-        "trace.set_tracer_provider(TracerProvider(resource=Resource.create({'service.name': 'from-user'})))\n"
+        "resource = Resource.create({'service.name': 'from-user'})\n"
+        "trace.set_tracer_provider(TracerProvider(resource=resource))\n"
     )
     env = base_env(
         PYTHONPATH=str(user_site), OTEL_SERVICE_NAME="from-env", OTEL_TRACES_EXPORTER="console"

@@ -21,12 +21,12 @@ from typing import Any, Callable
 import pytest
 from attrs import define, field
 from griptape.events import BaseEvent, EventBus, EventListener
-from helpers import parent_of, spans_named
 from opentelemetry import trace
 
 import ctxrelay
 from ctxrelay import config, spans, table
 from ctxrelay.config import ConfigWarning
+from helpers import parent_of, spans_named
 
 user_var: contextvars.ContextVar[str] = contextvars.ContextVar("ctxrelay_cfg_user", default="EMPTY")
 secret: contextvars.ContextVar[str] = contextvars.ContextVar("ctxrelay_cfg_secret", default="EMPTY")

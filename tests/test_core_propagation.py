@@ -101,7 +101,7 @@ def test_same_bound_callable_run_by_eight_threads_at_once() -> None:
         def call() -> None:
             try:
                 results.append(fn())
-            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            except BaseException as exc:  # collected for the assertion
                 errors.append(exc)
                 barrier.abort()
 
@@ -296,9 +296,9 @@ def test_uninstrument_drops_the_capture_of_a_thread_not_yet_running() -> None:
     # The state start() leaves while the new thread has not run yet: captured, in limbo.
     threads._capture_at_start(lambda *a, **k: None, None, (thread._bootstrap, ()), {})
     assert threads._CARRIED in thread.__dict__
-    threading._limbo[thread] = thread  # noqa: SLF001
+    threading._limbo[thread] = thread
     try:
         ctxrelay.uninstrument()
     finally:
-        threading._limbo.pop(thread, None)  # noqa: SLF001
+        threading._limbo.pop(thread, None)
     assert threads._CARRIED not in thread.__dict__

@@ -8,7 +8,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import parent_of, spans_named
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -18,6 +17,7 @@ from opentelemetry.trace import StatusCode
 
 import ctxrelay
 from ctxrelay import spans
+from helpers import parent_of, spans_named
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("ctxrelay_span_var", default="EMPTY")
 

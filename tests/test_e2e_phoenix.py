@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from activation_support import CTXRELAY, base_env, run, write_probe
 
+from activation_support import CTXRELAY, base_env, run, write_probe
 from ctxrelay import spans
 
 pytestmark = pytest.mark.e2e
@@ -72,7 +72,7 @@ def _free_port() -> int:
 
 
 def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=10) as response:  # loopback only
         return json.loads(response.read().decode() or "null")
 
 
@@ -136,13 +136,13 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
                     f"phoenix exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
                 )
             try:
-                urllib.request.urlopen(f"{server.base}/readyz", timeout=2).close()  # noqa: S310
+                urllib.request.urlopen(f"{server.base}/readyz", timeout=2).close()
                 break
-            except (urllib.error.URLError, OSError):
+            except (urllib.error.URLError, OSError) as exc:
                 if time.monotonic() > deadline:
                     raise AssertionError(
                         f"phoenix not ready in {START_TIMEOUT}s:\n{log_path.read_text()[-4000:]}"
-                    )
+                    ) from exc
                 time.sleep(0.5)
         yield server
     finally:

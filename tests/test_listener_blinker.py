@@ -7,6 +7,9 @@ import gc
 
 import blinker
 import pytest
+
+import ctxrelay
+from ctxrelay import spans as keys
 from listener_helpers import (
     assert_dispatch_follows_the_hop,
     assert_failed,
@@ -18,9 +21,6 @@ from listener_helpers import (
     only_dispatch,
     payloads,
 )
-
-import ctxrelay
-from ctxrelay import spans as keys
 
 
 class _OrderedSet(dict):
@@ -80,7 +80,7 @@ def test_spans_order_results_and_exactly_once(exporter, tracer):
 
     assert calls == plain_calls  # same order, each receiver exactly once
     assert traced == plain
-    assert all(receiver is original for (receiver, _), (original, _) in zip(traced, plain))
+    assert all(r is o for (r, _), (o, _) in zip(traced, plain, strict=True))
     by_name = {fn.__name__: fn for fn in receivers}
     dispatch, _ = assert_listener_tree(
         exporter, "blinker", "order-placed", [by_name[c] for c in calls]

@@ -6,6 +6,9 @@ import logging
 
 from celery import signals
 from celery.utils.dispatch import Signal
+
+import ctxrelay
+from ctxrelay import spans as keys
 from listener_helpers import (
     assert_dispatch_follows_the_hop,
     assert_failed,
@@ -15,9 +18,6 @@ from listener_helpers import (
     only_dispatch,
     payloads,
 )
-
-import ctxrelay
-from ctxrelay import spans as keys
 
 
 def test_send_spans_order_results(exporter, tracer):
@@ -115,7 +115,7 @@ def test_listener_in_a_worker_thread_nests_under_the_hop(exporter, tracer):
     def publish():
         sig.send(sender=None)
 
-    (listener_span,) = assert_dispatch_follows_the_hop(exporter, tracer, publish, "celery")
+    (_listener_span,) = assert_dispatch_follows_the_hop(exporter, tracer, publish, "celery")
 
 
 def test_payloads_only_with_opt_in_and_no_receivers(exporter):

@@ -15,6 +15,10 @@ django.setup()
 
 from django.core.signals import request_started  # noqa: E402
 from django.dispatch import Signal  # noqa: E402
+
+import ctxrelay  # noqa: E402
+from ctxrelay import spans as keys  # noqa: E402
+from ctxrelay.listeners._dispatch import Traced  # noqa: E402
 from listener_helpers import (  # noqa: E402
     assert_dispatch_follows_the_hop,
     assert_failed,
@@ -26,10 +30,6 @@ from listener_helpers import (  # noqa: E402
     only_dispatch,
     payloads,
 )
-
-import ctxrelay  # noqa: E402
-from ctxrelay import spans as keys  # noqa: E402
-from ctxrelay.listeners._dispatch import Traced  # noqa: E402
 
 order_paid = Signal()  # found by its module-level name: "order_paid"
 
@@ -67,7 +67,7 @@ def test_send_spans_order_results(exporter, tracer, calls, receivers):
 
     assert calls == plain_calls == ["first", "second"]
     assert traced == plain and [r for r, _ in traced] == list(receivers)
-    assert all(r is o for (r, _), (o, _) in zip(traced, plain))
+    assert all(r is o for (r, _), (o, _) in zip(traced, plain, strict=True))
     dispatch, _ = assert_listener_tree(exporter, "django", "order_paid", list(receivers))
     assert dispatch.parent.span_id == request.get_span_context().span_id
     assert dispatch.attributes[keys.ATTR_SENDER] == "builtins.object"

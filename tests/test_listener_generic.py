@@ -6,6 +6,14 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+import ctxrelay
+from ctxrelay import spans as keys
+from ctxrelay import table
+from ctxrelay.listeners import generic
 from listener_helpers import (
     assert_failed,
     assert_listener_tree,
@@ -16,14 +24,6 @@ from listener_helpers import (
     only_dispatch,
     payloads,
 )
-from opentelemetry import context as otel_context
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-
-import ctxrelay
-from ctxrelay import spans as keys
-from ctxrelay import table
-from ctxrelay.listeners import generic
 
 
 class Bus:

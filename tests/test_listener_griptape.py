@@ -9,6 +9,9 @@ import pytest
 from attrs import define, field
 from griptape.drivers.event_listener.base_event_listener_driver import BaseEventListenerDriver
 from griptape.events import BaseEvent, EventBus, EventListener
+
+import ctxrelay
+from ctxrelay import spans as keys
 from listener_helpers import (
     assert_failed,
     assert_listener_tree,
@@ -18,9 +21,6 @@ from listener_helpers import (
     only_dispatch,
     payloads,
 )
-
-import ctxrelay
-from ctxrelay import spans as keys
 
 
 @define

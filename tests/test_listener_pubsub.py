@@ -5,6 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from pubsub import pub
+
+import ctxrelay
+from ctxrelay import spans as keys
 from listener_helpers import (
     assert_dispatch_follows_the_hop,
     assert_failed,
@@ -14,10 +18,6 @@ from listener_helpers import (
     only_dispatch,
     payloads,
 )
-from pubsub import pub
-
-import ctxrelay
-from ctxrelay import spans as keys
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_listener_in_a_worker_thread_nests_under_the_hop(exporter, tracer, topic
     def publish():
         pub.sendMessage(topic, x=1)
 
-    (listener_span,) = assert_dispatch_follows_the_hop(exporter, tracer, publish, "pubsub")
+    (_listener_span,) = assert_dispatch_follows_the_hop(exporter, tracer, publish, "pubsub")
 
 
 def test_payloads_only_with_opt_in_and_off_switch(exporter, topic):

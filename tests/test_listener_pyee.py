@@ -6,6 +6,12 @@ import asyncio
 import threading
 
 import pytest
+from pyee import EventEmitter
+from pyee.asyncio import AsyncIOEventEmitter
+from pyee.executor import ExecutorEventEmitter
+
+import ctxrelay
+from ctxrelay import spans as keys
 from listener_helpers import (
     assert_failed,
     assert_listener_tree,
@@ -15,12 +21,6 @@ from listener_helpers import (
     only_dispatch,
     payloads,
 )
-from pyee import EventEmitter
-from pyee.asyncio import AsyncIOEventEmitter
-from pyee.executor import ExecutorEventEmitter
-
-import ctxrelay
-from ctxrelay import spans as keys
 
 
 def test_emit_spans_order_and_exactly_once(exporter, tracer):

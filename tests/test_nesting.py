@@ -61,7 +61,7 @@ def hand_off(runner: str, fn: Callable[[], None]) -> Join:
         def guarded() -> None:
             try:
                 fn()
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the origin by join()
+            except BaseException as exc:  # re-raised in the origin by join()
                 errors.append(exc)
 
         thread = (
@@ -107,7 +107,7 @@ def hand_off(runner: str, fn: Callable[[], None]) -> Join:
 def visit(
     node_id: str, children: tuple[Tree, ...], seen: dict[str, tuple[str, ...]], tracer: trace.Tracer
 ) -> None:
-    PATH.set(PATH.get() + (node_id,))
+    PATH.set((*PATH.get(), node_id))
     with tracer.start_as_current_span(f"node {node_id}"):
         seen[node_id] = PATH.get()
         joins = [
@@ -125,7 +125,7 @@ def expected_paths(forest: tuple[Tree, ...]) -> dict[str, tuple[str, ...]]:
     paths: dict[str, tuple[str, ...]] = {}
 
     def walk(node_id: str, children: tuple[Tree, ...], prefix: tuple[str, ...]) -> None:
-        paths[node_id] = prefix + (node_id,)
+        paths[node_id] = (*prefix, node_id)
         for i, (_, grandchildren) in enumerate(children):
             walk(f"{node_id}.{i}", grandchildren, paths[node_id])
 

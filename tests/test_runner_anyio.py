@@ -14,17 +14,18 @@ from typing import Any
 
 import pytest
 
-anyio = pytest.importorskip("anyio")
-import anyio.to_thread  # noqa: E402
-from helpers import parent_of, spans_named  # noqa: E402
-from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+pytest.importorskip("anyio")
+import anyio
+import anyio.to_thread
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.trace import StatusCode  # noqa: E402
+from opentelemetry.trace import StatusCode
 
-import ctxrelay  # noqa: E402
-from ctxrelay import relay, spans  # noqa: E402
+import ctxrelay
+from ctxrelay import relay, spans
+from helpers import parent_of, spans_named
 
 pytestmark = pytest.mark.timeout(60)
 

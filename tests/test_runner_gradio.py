@@ -26,17 +26,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from asgi_servers import free_port, no_internet  # noqa: E402,F401 - no_internet is a fixture
 from attrs import define  # noqa: E402
 from griptape.events import BaseEvent, EventBus, EventListener  # noqa: E402
-from helpers import parent_of, spans_named  # noqa: E402
 from opentelemetry import trace  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
     InMemorySpanExporter,
 )
 
 import ctxrelay  # noqa: E402
+from asgi_servers import free_port  # noqa: E402
 from ctxrelay import spans  # noqa: E402
+from helpers import parent_of, spans_named  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,10 +13,10 @@ import queue
 from typing import Any
 
 import pytest
-from helpers import parent_of
 
 import ctxrelay
 from ctxrelay import spans
+from helpers import parent_of
 
 pyee_executor = pytest.importorskip("pyee.executor")
 

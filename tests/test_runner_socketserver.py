@@ -14,19 +14,18 @@ from __future__ import annotations
 import contextvars
 import json
 import threading
+import urllib.parse
+import urllib.request
 from contextlib import ExitStack, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlparse
 
-import urllib.parse
-import urllib.request
-
 import pytest
-from helpers import parent_of, spans_named
 
 import ctxrelay
 from ctxrelay import spans
+from helpers import parent_of, spans_named
 
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("test_ss_tenant", default="<unset>")
 
@@ -56,7 +55,7 @@ def handle(gates: Gates, set_to: str | None, tracer: Any) -> dict[str, str]:
 
 def make_http_server(gates: Gates, tracer: Any) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # http.server's name
             query = parse_qs(urlparse(self.path).query)
             body = json.dumps(handle(gates, query.get("set", [None])[0], tracer)).encode()
             self.send_response(200)

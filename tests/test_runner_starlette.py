@@ -18,9 +18,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("httpx")
 
 import httpx
-from asgi_servers import SERVER_TIMEOUT_S, uvicorn_in_thread
 from fastapi import FastAPI
-from helpers import parent_of, spans_named
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.applications import Starlette
@@ -29,7 +27,9 @@ from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 import ctxrelay
+from asgi_servers import SERVER_TIMEOUT_S, uvicorn_in_thread
 from ctxrelay import spans
+from helpers import parent_of, spans_named
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -279,7 +279,7 @@ def test_kept_contexts_are_let_go() -> None:
     import gc
 
     gc.collect()
-    assert iterators._iterator_contexts == {}  # noqa: SLF001 - the registry must not grow
+    assert iterators._iterator_contexts == {}  # the registry must not grow
 
 
 def test_plain_iterators_and_errors_pass_through() -> None:
@@ -309,7 +309,7 @@ def test_an_iterator_stepped_from_two_threads_at_once_is_not_broken() -> None:
     release = threading.Event()
 
     class Slow:
-        def __iter__(self) -> "Slow":
+        def __iter__(self) -> Slow:
             return self
 
         def __next__(self) -> str:
@@ -322,16 +322,16 @@ def test_an_iterator_stepped_from_two_threads_at_once_is_not_broken() -> None:
     iterators.step_in_own_context(lambda it: it, slow)  # the iterator now has its own context
     results: dict[str, Any] = {}
 
-    def step(name: str) -> None:
+    def step(name: str, iterator: Slow) -> None:
         try:
-            results[name] = iterators.step_in_own_context(next, slow)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+            results[name] = iterators.step_in_own_context(next, iterator)
+        except BaseException as exc:  # reported below
             results[name] = exc
 
-    first = threading.Thread(target=step, args=("first",), name="first")
+    first = threading.Thread(target=step, args=("first", slow), name="first")
     first.start()
     assert inside.wait(SERVER_TIMEOUT_S)
-    step("second")  # overlaps the first step, from this thread
+    step("second", slow)  # overlaps the first step, from this thread
     release.set()
     first.join(SERVER_TIMEOUT_S)
     assert results == {"first": "first", "second": threading.current_thread().name}

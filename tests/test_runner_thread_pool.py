@@ -18,10 +18,10 @@ from multiprocessing.pool import Pool, ThreadPool
 from typing import Any, Callable
 
 import pytest
-from helpers import parent_of, spans_named
 
 import ctxrelay
 from ctxrelay import spans
+from helpers import parent_of, spans_named
 
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("test_tp_tenant", default="<unset>")
 scratch: contextvars.ContextVar[str] = contextvars.ContextVar("test_tp_scratch", default="<unset>")

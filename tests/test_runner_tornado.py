@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import pytest
-from helpers import parent_of, spans_named
 
 import ctxrelay
 from ctxrelay import spans
+from helpers import parent_of, spans_named
 
 httpx = pytest.importorskip("httpx")
 tornado_web = pytest.importorskip("tornado.web")

@@ -85,7 +85,7 @@ def _warn(problems: list[str], key: str, raw: str, message: str) -> None:
         _warned.add((key, raw))
     try:
         warnings.warn(message, ConfigWarning, stacklevel=4)
-    except Exception:  # noqa: BLE001 - "-W error": a typo must still not stop the app
+    except Exception:  # "-W error": a typo must still not stop the app
         pass
 
 

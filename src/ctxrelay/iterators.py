@@ -14,9 +14,9 @@ context".
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
-import functools
 from contextvars import Context
 from typing import Any, Callable, TypeVar
 
@@ -87,7 +87,7 @@ def step_in_own_context(step: Callable[[Any], T], iterator: Any) -> T:
     finally:
         busy.release()
         # A kept traceback holds this frame: it must not pin the generator's context.
-        context = entry = None  # noqa: F841
+        del context, entry
 
 
 def stepping_in_own_context(

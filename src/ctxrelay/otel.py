@@ -24,7 +24,7 @@ import ctxrelay
 __all__ = ["CtxrelayInstrumentor"]
 
 
-class CtxrelayInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class CtxrelayInstrumentor(BaseInstrumentor):
     """``instrument(tracer_provider=...)`` / ``uninstrument()`` around ctxrelay's own."""
 
     def instrumentation_dependencies(self) -> Collection[str]:

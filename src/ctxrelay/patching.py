@@ -86,7 +86,7 @@ class _Installed:
 #: What a wrapper chain is made of.  wrapt 2.x derives FunctionWrapper from
 #: BaseObjectProxy, no longer from ObjectProxy: checking ObjectProxy there finds no chain
 #: and parks ctxrelay's wrapper instead of splicing it out from under another tool's.
-_PROXY: type = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+_PROXY: Any = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 
 _lock = threading.RLock()
 _wanted: dict[str, list[Patch]] = {}  # module name -> patches waiting for / applied to it
@@ -192,8 +192,10 @@ def _install(patch: Patch) -> None:
             return
         owner, attr, original = wrapt.resolve_path(module, patch.path)
         had_own = attr in vars(owner) if isinstance(owner, type) else True
+        # wrapt tests `enabled` for truth on each call (its type hint says bool, not
+        # Sized): clearing this list switches the wrapper off where it stands.
         switch = [True]
-        proxy = wrapt.FunctionWrapper(original, patch.wrapper, enabled=switch)
+        proxy = wrapt.FunctionWrapper(original, patch.wrapper, enabled=switch)  # type: ignore[arg-type]
         setattr(owner, attr, proxy)
         _installed[patch] = _Installed(patch, owner, attr, original, had_own, proxy, switch)
         if patch.on_apply is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import threading
 from contextvars import Context, copy_context
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, ParamSpec, TypeVar
 
 from ctxrelay import spans
 from ctxrelay.spans import settings as _span_settings
@@ -34,8 +34,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
-_BuiltinMethod = type(Context().run)
+_BuiltinMethod: Any = type(Context().run)  # Any: `type(x) is` must not narrow x to it
 _Partial = functools.partial
 
 #: ContextVar names that are never carried into another thread (CTXRELAY_SKIP_VARS).
@@ -72,7 +73,7 @@ def _context_run_target(fn: Any) -> tuple[Context, Any, tuple[Any, ...], dict[st
     choice wins, and ctxrelay only adds the hop span inside it.
     """
     if type(fn) is _Partial:
-        run = fn.func
+        run: Any = fn.func
         if type(run) is _BuiltinMethod and type(run.__self__) is Context and fn.args:
             return run.__self__, fn.args[0], fn.args[1:], fn.keywords
     return None
@@ -116,7 +117,7 @@ class Relayed:
             return context.run(run_hop, hop, self.fn, args, kwargs, len(context), None)
         finally:
             # The traceback of a failed task keeps this frame: let go of the context.
-            context = None  # noqa: F841
+            context = None
 
     def __repr__(self) -> str:
         return f"<ctxrelay.Relayed {self.fn!r}>"
@@ -251,7 +252,7 @@ class _Bound:
         return f"<ctxrelay.bind {self.fn!r}>"
 
 
-def bind(fn: Callable[..., T]) -> Callable[..., T]:
+def bind(fn: Callable[P, T]) -> Callable[P, T]:
     """Capture the caller's context now; run every call of the result in a fresh copy.
 
     The correct form of the manual ``ctx.run`` workaround: safe to call from many
@@ -259,10 +260,10 @@ def bind(fn: Callable[..., T]) -> Callable[..., T]:
     """
     bound = _Bound(fn, capture())
     try:
-        functools.update_wrapper(bound, fn, updated=())  # type: ignore[arg-type]
+        functools.update_wrapper(bound, fn, updated=())
     except (AttributeError, TypeError):
         pass
-    return bound  # type: ignore[return-value]
+    return bound
 
 
 # --- threads that must never capture a context --------------------------------------
@@ -310,7 +311,7 @@ def thread_is_exempt(thread: threading.Thread) -> bool:
 _thread_runner = threading.local()
 
 
-class threads_started_as:  # noqa: N801 - used as a context manager, like a function
+class threads_started_as:  # used as a context manager, like a function
     """Name the hop of the threads this thread starts inside the ``with`` block.
 
     ``with threads_started_as("socketserver"): ...``: their hop spans report that runner

@@ -76,7 +76,7 @@ LISTENER_SPAN = "{bus} listener {listener}"
 #: Longest string ctxrelay ever puts in an attribute it builds itself.
 MAX_ATTRIBUTE_LENGTH = 256
 
-_SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the SDK's own flag
+_SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # the SDK's own flag
 _SAMPLED = int(TraceFlags.SAMPLED)
 
 # The public way to ask "is the current span sampled, is instrumentation suppressed?"
@@ -204,7 +204,7 @@ def callable_name(fn: Any) -> str:
     if qualname is None:
         cls = type(fn)
         qualname = f"{cls.__qualname__}.__call__"
-        module = cls.__module__
+        module: str | None = cls.__module__
     else:
         module = getattr(fn, "__module__", None)
     name = f"{module}.{qualname}" if module else str(qualname)
@@ -297,7 +297,7 @@ def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[S
     detached = detach is not None and detach(hop.runner, fn)
     if not detached and settings.detach_only:
         return None, None
-    attributes = {
+    attributes: dict[str, Any] = {
         ATTR_RUNNER: hop.runner,
         CODE_FUNCTION_NAME: callable_name(fn),
         THREAD_ID: threading.get_ident(),

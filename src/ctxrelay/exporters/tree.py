@@ -206,7 +206,7 @@ class TreeSpanExporter(SpanExporter):
         if target.lower() == "stdout":
             return sys.stdout
         try:
-            self._stream = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
+            self._stream = open(target, "a", encoding="utf-8")  # closed at shutdown
             self._owns_stream = True
         except OSError as exc:
             warnings.warn(

@@ -154,7 +154,7 @@ class Dispatch:
             _close(token, var_token)
             span.end()
             # A kept traceback keeps this frame: let go of the span and the tokens.
-            started = span = token = var_token = None
+            del started, span, token, var_token
             raise
         _close(token, var_token)
         if inspect.iscoroutine(result):
@@ -191,7 +191,7 @@ class Dispatch:
             return None
 
 
-class Traced(wrapt.ObjectProxy):  # type: ignore[misc]
+class Traced(wrapt.ObjectProxy):
     """A listener for the length of one dispatch: calls it once under a listener span.
 
     Everything else (``==``, ``hash``, ``repr``, ``__qualname__``, ``__code__`` for

@@ -24,8 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 from ctxrelay import relay
-from ctxrelay.relay import hand_over_call
 from ctxrelay.patching import Patch
+from ctxrelay.relay import hand_over_call
 
 NAME = "futures"
 RUNNER = "ThreadPoolExecutor"

@@ -63,7 +63,7 @@ def relay_task_generation(
         hop = spans.hand_over(RUNNER)
         pool = sys.modules[_MODULE]
         chunked = (pool.mapstar, pool.starmapstar)
-        reraise = pool._helper_reraises_exception  # noqa: SLF001 - the pool's own error task
+        reraise = pool._helper_reraises_exception  # the pool's own error task
     except Exception:  # pragma: no cover - defensive: the tasks run, uncarried
         return tasks
     return _carried(tasks, context, hop, chunked, reraise)
@@ -88,7 +88,7 @@ def _carried(
             yield task
     finally:
         # The generator lives until the handler has queued its last task: no longer.
-        context = None  # type: ignore[assignment]  # noqa: F841
+        context = None  # type: ignore[assignment]
 
 
 def _in_copy(

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from activation_support import CTXRELAY, base_env, run
 
 APP = """\

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from activation_support import base_env, carried, lost, probe_of, run, write_probe
 
 

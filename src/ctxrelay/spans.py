@@ -155,10 +155,10 @@ class _GlobalTracer(trace.Tracer):
         self._bound = (provider, tracer)
         return tracer
 
-    def start_span(self, *args: Any, **kwargs: Any) -> Span:  # type: ignore[override]
+    def start_span(self, *args: Any, **kwargs: Any) -> Span:
         return self._current().start_span(*args, **kwargs)
 
-    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
         return self._current().start_as_current_span(*args, **kwargs)
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import wrapt
-from activation_support import base_env, run
 
+from activation_support import base_env, run
 from ctxrelay import patching
 
 # Request A builds a pool and hands it a first task (the worker threads start inside A);

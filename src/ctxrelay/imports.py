@@ -78,8 +78,9 @@ def _notify(name: str, module: Any) -> None:
 def _install() -> None:
     """Put the wrappers in place, once per process."""
     global _installed
-    from importlib import _bootstrap  # type: ignore[attr-defined]
+    from importlib import _bootstrap as typed_bootstrap
 
+    _bootstrap: Any = typed_bootstrap  # its stub has none of the private names used here
     namespace: dict[str, Any] = {
         "_original_find_and_load": _bootstrap._find_and_load,
         "_original_exec": _bootstrap._exec,
@@ -87,7 +88,7 @@ def _install() -> None:
         "_notify": _notify,
     }
     filename = _bootstrap._find_and_load.__code__.co_filename  # "<frozen importlib._bootstrap>"
-    exec(compile(_SOURCE, filename, "exec"), namespace)  # noqa: S102
+    exec(compile(_SOURCE, filename, "exec"), namespace)
     _bootstrap._find_and_load = namespace["_find_and_load"]
     _bootstrap._exec = namespace["_exec"]
     _installed = True
@@ -108,7 +109,9 @@ def watch(name: str, callback: Callable[[ModuleType], None]) -> None:
 
 def when_imported(name: str) -> None:
     """Call ``name``'s watch callback once the import under way has finished."""
-    from importlib import _bootstrap  # type: ignore[attr-defined]
+    from importlib import _bootstrap as typed_bootstrap
+
+    _bootstrap: Any = typed_bootstrap  # its stub has none of the private names used here
 
     def wait() -> None:
         try:
@@ -116,7 +119,7 @@ def when_imported(name: str) -> None:
             module = sys.modules.get(name)
             if module is not None and not initializing(module):
                 _notify(name, module)
-        except Exception:  # noqa: BLE001 - a helper of ctxrelay's never raises
+        except Exception:  # a helper of ctxrelay's never raises
             logger.debug("ctxrelay: waiting for the import of %s failed", name, exc_info=True)
 
     # A raw thread: no threading.Thread bookkeeping, nothing to join at exit.

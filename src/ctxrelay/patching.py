@@ -159,9 +159,10 @@ def _release() -> None:
 
 
 def _apply_to(module: Any) -> None:
-    if not _active or sys.modules.get(module.__name__) is not module:
+    name = module.__name__
+    if not _active or sys.modules.get(name) is not module:
         return
-    for patch in _wanted.get(module.__name__, ()):
+    for patch in _wanted.get(name, ()):
         inst = _installed.get(patch)
         if inst is None:
             _install(patch)
@@ -175,7 +176,7 @@ def _reloaded(inst: _Installed, module: Any) -> bool:
     """True when ``module``'s attribute at the patch's path is no longer ours."""
     try:
         owner, attr, _ = wrapt.resolve_path(module, inst.patch.path)
-    except Exception:  # noqa: BLE001 - gone after the reload: nothing to re-patch
+    except Exception:  # gone after the reload: nothing to re-patch
         return False
     return owner is not inst.owner or attr != inst.attr or not _still_in_chain(inst)
 

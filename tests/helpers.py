@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+#: The real baseline "without ctxrelay", per interpreter and flag: does a new
+#: ``threading.Thread`` (or ``Timer``) see the context of the thread that started it?
+#: False before 3.14; on 3.14+ it is ``sys.flags.thread_inherit_context`` (default 1 on
+#: the free-threaded build, 0 on the GIL build; ``PYTHON_THREAD_INHERIT_CONTEXT``).
+#: A pool's worker is such a thread too: under the flag, its first task sees the
+#: submitter that started the worker, and every later task sees that same stale copy.
+BASELINE_THREAD_INHERITS: bool = bool(getattr(sys.flags, "thread_inherit_context", 0))
+
+#: The free-threaded build with the GIL actually off (3.13t/3.14t).
+FREE_THREADED: bool = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def spans_named(exporter: InMemorySpanExporter, prefix: str) -> list[ReadableSpan]:

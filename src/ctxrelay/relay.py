@@ -29,6 +29,7 @@ __all__ = [
     "bind",
     "capture",
     "hand_over",
+    "hand_over_single_use",
     "run_hop",
     "thread_is_exempt",
 ]
@@ -47,6 +48,11 @@ def skip_vars(names: frozenset[str]) -> None:
     """Never carry ContextVars with these names; they start at their default."""
     global _skipped_var_names
     _skipped_var_names = frozenset(names)
+
+
+def skips_vars() -> bool:
+    """Whether CTXRELAY_SKIP_VARS names any variable (a full copy would carry them)."""
+    return bool(_skipped_var_names)
 
 
 def capture() -> Context:
@@ -146,6 +152,29 @@ def hand_over(runner: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             if hop is not None:
                 return Relayed(fn, context, hop)
         return _Partial(context.run, fn)
+    except Exception:  # pragma: no cover - defensive: never break the host app
+        return fn
+
+
+def hand_over_single_use(runner: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`hand_over` for runners whose own frames keep the queued callable after it ran.
+
+    CPython 3.14's thread pool runs a task as ``WorkerContext.run(task)``, whose frame
+    unpacks ``fn, args, kwargs`` into locals; a failed task's traceback (kept by its
+    ``Future``) keeps that frame.  A ``partial(context.run, fn)`` there would pin the
+    copy for as long as the application holds the future, so the copy sits in a
+    :class:`Relayed`, which lets go of it the moment it starts (one Python frame more
+    per task).  A callable that already runs in a context of the caller's choice
+    (``partial(ctx.run, f)``) keeps it, as with :func:`hand_over`.
+    """
+    kind = type(fn)
+    if kind is Relayed:
+        return fn
+    try:
+        if kind is _Partial and _context_run_target(fn) is not None:
+            return hand_over(runner, fn)
+        hop = spans.hand_over(runner) if _span_settings.hops else None
+        return Relayed(fn, capture(), hop)
     except Exception:  # pragma: no cover - defensive: never break the host app
         return fn
 

@@ -1,6 +1,6 @@
 """asyncio ``loop.run_in_executor`` (default and custom thread pools) and ``asyncio.to_thread``.
 
-Read against ``asyncio/base_events.py`` and ``asyncio/threads.py`` of CPython 3.10-3.13.
+Read against ``asyncio/base_events.py`` and ``asyncio/threads.py`` of CPython 3.10-3.14.7.
 
 ``run_in_executor`` ends in ``executor.submit``, which the futures runner already
 carries; this entry only names the hop after the runner the user called, by relaying
@@ -14,6 +14,7 @@ Context cannot be pickled.
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,6 +24,10 @@ from ctxrelay.patching import Patch
 NAME = "asyncio"
 RUNNER = "run_in_executor"
 RUNNER_TO_THREAD = "to_thread"
+
+# 3.14's pool keeps the queued callable in a frame that a failed future's traceback
+# keeps (futures.py): the copy must sit in a holder that lets go of it when it runs.
+_hand_over = relay.hand_over_single_use if sys.version_info >= (3, 14) else relay.hand_over
 
 
 def _is_thread_pool(loop: Any, executor: Any) -> bool:
@@ -42,7 +47,7 @@ def relay_run_in_executor(
     if len(args) >= 2 and not kwargs and _is_thread_pool(instance, args[0]):
         func = args[1]
         runner = RUNNER_TO_THREAD if relay.runs_in_own_context(func) else RUNNER
-        return wrapped(args[0], relay.hand_over(runner, func), *args[2:])
+        return wrapped(args[0], _hand_over(runner, func), *args[2:])
     return wrapped(*args, **kwargs)
 
 

@@ -1,6 +1,7 @@
 """``threading.Thread`` and ``threading.Timer``: carry the context of whoever calls ``start()``.
 
-Read against ``threading.py`` of CPython 3.10-3.13 (and 3.14's ``Thread(context=)``).
+Read against ``threading.py`` of CPython 3.10-3.13 and 3.14.7 (``Thread(context=)``,
+``sys.flags.thread_inherit_context``).
 
 Why these hook points, and not ``Thread.start``/``Thread.run``:
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from contextvars import Context
 from typing import Any
 
 from ctxrelay import relay, spans
@@ -34,16 +36,25 @@ _EXPLICIT = "_ctxrelay_explicit_context"
 _HAS_THREAD_CONTEXT = sys.version_info >= (3, 14)
 
 
-def needs_carry(*, has_thread_context: bool, explicit_context: bool, inherit_flag: bool) -> bool:
+def needs_carry(
+    *,
+    has_thread_context: bool,
+    explicit_context: bool,
+    inherit_flag: bool,
+    skipping_vars: bool = False,
+) -> bool:
     """Whether ctxrelay must put a copy of the caller's context into a starting thread.
 
-    Before 3.14 always.  On 3.14+ ``start()`` already copies the caller's context when
-    ``sys.flags.thread_inherit_context`` is on, and an explicit ``context=`` wins: in
-    both cases ctxrelay only records the hop span (no second copy).
+    Before 3.14 always.  On 3.14+ an explicit ``context=`` wins (ctxrelay only records
+    the hop span), and ``start()`` already copies the caller's context when
+    ``sys.flags.thread_inherit_context`` is on: no second copy then, unless
+    ``CTXRELAY_SKIP_VARS`` names variables that CPython's full copy would carry.
     """
     if not has_thread_context:
         return True
-    return not explicit_context and not inherit_flag
+    if explicit_context:
+        return False
+    return not inherit_flag or skipping_vars
 
 
 def runner_of(thread: threading.Thread) -> str:
@@ -60,22 +71,36 @@ def _capture_at_start(
     """Around ``_start_new_thread(self._bootstrap, ())``: runs in the caller of ``start()``."""
     function = args[0] if args else kwargs.get("function")
     thread = getattr(function, "__self__", None)
-    if not isinstance(thread, threading.Thread) or relay.thread_is_exempt(thread):
+    if not isinstance(thread, threading.Thread):
+        return wrapped(*args, **kwargs)
+    explicit = bool(thread.__dict__.pop(_EXPLICIT, False))
+    inherit_flag = bool(getattr(sys.flags, "thread_inherit_context", False))
+    if relay.thread_is_exempt(thread):
+        if inherit_flag and not explicit:
+            # With thread_inherit_context=1, start() has just given this pool worker a
+            # copy of whoever made the pool grow (a submitter, or the pool's builder):
+            # it would keep that for its whole life, a stale snapshot under every task
+            # that the pool does not carry.  It starts empty, as with the flag off.
+            _set_thread_context(thread, Context())
         return wrapped(*args, **kwargs)
     try:
         carry = needs_carry(
             has_thread_context=_HAS_THREAD_CONTEXT,
-            explicit_context=bool(thread.__dict__.pop(_EXPLICIT, False)),
-            inherit_flag=bool(getattr(sys.flags, "thread_inherit_context", False)),
+            explicit_context=explicit,
+            inherit_flag=inherit_flag,
+            skipping_vars=relay.skips_vars(),
         )
         context = relay.capture() if carry else None
         if _HAS_THREAD_CONTEXT and context is not None:
             # 3.14's _bootstrap_inner runs self.run() inside self._context, which
-            # start() has just set to an empty Context(): replace it by the copy.
-            thread._context = context  # type: ignore[attr-defined]
+            # start() has just set to an empty Context() (or, with the flag on, to a
+            # full copy that CTXRELAY_SKIP_VARS must filter): replace it by the copy.
+            _set_thread_context(thread, context)
             context = None
         hop = spans.Hop(runner_of(thread)) if spans.should_record() else None
-        thread.__dict__[_CARRIED] = (context, hop)
+        # An explicit context= may hold no span at all (Context()): whether the hop has
+        # a parent is only known inside it, in the new thread (see _record_run).
+        thread.__dict__[_CARRIED] = (context, hop, explicit)
     except Exception:  # pragma: no cover - defensive: the thread still starts
         thread.__dict__.pop(_CARRIED, None)
     try:
@@ -89,29 +114,49 @@ def _run_in_carried(
     wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Around ``Thread._bootstrap_inner``: runs in the new thread, before anything else."""
-    carried = instance.__dict__.pop(_CARRIED, None) if instance is not None else None
-    if carried is None:  # started before instrument(), or exempt (a pool's worker)
-        return wrapped(*args, **kwargs)
-    context, hop = carried
-    del carried
-    if hop is not None:
-        _record_run(instance, hop, context)
-    if context is None:
-        return wrapped(*args, **kwargs)
     try:
-        return context.run(wrapped, *args, **kwargs)
+        carried = instance.__dict__.pop(_CARRIED, None) if instance is not None else None
+        if carried is None:  # started before instrument(), or exempt (a pool's worker)
+            return wrapped(*args, **kwargs)
+        context, hop, explicit = carried
+        del carried
+        if hop is not None:
+            _record_run(instance, hop, context, explicit)
+        if context is None:
+            return wrapped(*args, **kwargs)
+        try:
+            return context.run(wrapped, *args, **kwargs)
+        finally:
+            # An excepthook that keeps the exception keeps this frame (the traceback's
+            # frames link back to it): it must not pin the carried context.
+            context = None
     finally:
-        # An excepthook that keeps the exception keeps this frame (the traceback's
-        # frames link back to it): it must not pin the carried context.
-        context = None
+        if _HAS_THREAD_CONTEXT and instance is not None:
+            # 3.14 keeps the context a thread ran in on the instance (thread._context)
+            # after run() returned: a finished thread that the application still
+            # references (a list of threads, a kept exception's frames) would pin the
+            # carried copy, or CPython's own with thread_inherit_context=1.  Nothing
+            # reads it once the thread has run (start() refuses a second start).
+            _set_thread_context(instance, None)
 
 
-def _record_run(thread: threading.Thread, hop: spans.Hop, context: Any) -> None:
+def _set_thread_context(thread: threading.Thread, context: Context | None) -> None:
+    try:
+        thread._context = context  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - a subclass with slots or a property
+        pass
+
+
+def _record_run(thread: threading.Thread, hop: spans.Hop, context: Any, explicit: bool) -> None:
     """Put a span around this thread's ``run()`` for its lifetime.
 
     ``_bootstrap_inner`` hands exceptions from ``run()`` to ``threading.excepthook``,
     so the span must sit around ``run()`` itself to see them: the bound ``run`` is
     shadowed on the instance (whatever a subclass made of it) and put back after.
+
+    With an explicit ``Thread(context=...)`` the span is recorded only if that context
+    holds a sampled parent: ``Thread(context=Context())`` started under a span would
+    otherwise begin a stray one-span trace of its own.
     """
     run = thread.run
     # Name the span after what the user wrote: the target, a Timer's function, or run().
@@ -122,7 +167,10 @@ def _record_run(thread: threading.Thread, hop: spans.Hop, context: Any) -> None:
 
     def run_with_span() -> None:
         try:
-            relay.run_hop(hop, run, (), {}, size, name, target)
+            if explicit and not _has_parent():
+                run()
+            else:
+                relay.run_hop(hop, run, (), {}, size, name, target)
         finally:
             if had_own:
                 thread.__dict__["run"] = run
@@ -133,6 +181,13 @@ def _record_run(thread: threading.Thread, hop: spans.Hop, context: Any) -> None:
         thread.__dict__["run"] = run_with_span
     except Exception:  # pragma: no cover - a class without an instance __dict__
         pass
+
+
+def _has_parent() -> bool:
+    try:
+        return spans.parent_allows(root=False)
+    except Exception:  # pragma: no cover - defensive: record the hop as before
+        return True
 
 
 def _mark_explicit_context(

@@ -98,7 +98,7 @@ def submit_side(rows: list[Row]) -> None:
         lambda: lambda: patched(future, noop, (), {}),
     )
     measure(
-        rows, group, "`relay.hand_over(runner, fn)`", lambda: lambda: relay.hand_over(RUNNER, noop)
+        rows, group, "`relay.relayed(runner, fn)`", lambda: lambda: relay.relayed(RUNNER, noop)
     )
     measure(rows, group, "`copy_context()`", lambda: lambda: copy_context())
     context = copy_context()
@@ -152,16 +152,16 @@ def span_checks(rows: list[Row], tracer: trace.Tracer) -> None:
         measure(
             rows,
             group,
-            "`spans.hand_over(runner)` (returns None)",
-            lambda: lambda: spans.hand_over(RUNNER),
+            "`spans.admit(runner)` (returns None)",
+            lambda: lambda: spans.admit(RUNNER),
         )
         from ctxrelay import relay
 
         measure(
             rows,
             group,
-            "`relay.hand_over(runner, fn)`, spans on",
-            lambda: lambda: relay.hand_over(RUNNER, noop),
+            "`relay.relayed(runner, fn)`, spans on",
+            lambda: lambda: relay.relayed(RUNNER, noop),
         )
     ctxrelay.uninstrument()
 
@@ -171,7 +171,7 @@ def hop_span(rows: list[Row], tracer: trace.Tracer) -> None:
     import threading
 
     import ctxrelay
-    from ctxrelay import relay, spans
+    from ctxrelay import attributes, relay, spans
 
     ctxrelay.instrument(spans=True, listener_spans=False)
     group = "sampled hop span vs the SDK"
@@ -187,13 +187,13 @@ def hop_span(rows: list[Row], tracer: trace.Tracer) -> None:
         measure(
             rows,
             group,
-            "`spans.hand_over(runner)` (a `Hop`)",
-            lambda: lambda: spans.hand_over(RUNNER),
+            "`spans.admit(runner)` (a `Hop`)",
+            lambda: lambda: spans.admit(RUNNER),
             few,
         )
-        hop = spans.hand_over(RUNNER)
+        hop = spans.admit(RUNNER)
         name = threading.current_thread().name
-        measure(rows, group, "`spans.callable_name(fn)`", lambda: lambda: spans.callable_name(noop))
+        measure(rows, group, "`attributes.callable_name(fn)`", lambda: lambda: attributes.callable_name(noop))
 
         def start_end() -> None:
             span, token = spans.start_hop(hop, noop, 3, name)
@@ -204,7 +204,7 @@ def hop_span(rows: list[Row], tracer: trace.Tracer) -> None:
             rows,
             group,
             "`relay.run_hop(hop, fn, ...)` (all of the worker side)",
-            lambda: lambda: relay.run_hop(hop, noop, (), {}, 3, name),
+            lambda: lambda: relay.run_hop(hop=hop, fn=noop, context_vars=3, thread_name=name),
             few,
         )
         attributes = {

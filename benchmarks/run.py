@@ -11,7 +11,7 @@ Per process, each short scenario keeps its best of ``--repeats`` runs; over proc
 the median is reported, and differences between configurations are the median of the
 per-round differences (configurations of one round ran seconds apart).
 
-Prints the tables, checks the targets of the core issue, and rewrites the generated
+Prints the tables, checks the performance targets, and rewrites the generated
 part of ``docs/performance.md`` (between the ``bench:begin``/``bench:end`` markers;
 everything else in that file is left as it is).
 """
@@ -237,7 +237,7 @@ def gc_table(
 
 
 def targets(rounds: list[dict[str, dict[str, float]]]) -> list[tuple[str, str, str, bool]]:
-    """(target, measured, how, met) for each target of the core issue."""
+    """(target, measured, how, met) for each performance target."""
     found: list[tuple[str, str, str, bool]] = []
 
     off = paired(rounds, "off", "bare", "submit+run.cpu")

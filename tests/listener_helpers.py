@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import ctxrelay
-from ctxrelay import spans as keys
+from ctxrelay import attributes as keys
 
 
 def dispatches(exporter: InMemorySpanExporter, bus: str) -> list[ReadableSpan]:

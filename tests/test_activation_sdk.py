@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from activation_support import CTXRELAY, base_env, carried, lost, probe_of, run, write_probe
-from ctxrelay import spans
+from ctxrelay import attributes
 
 
 @pytest.fixture
@@ -67,9 +67,9 @@ def test_console_exporter_gets_every_span_flushed_at_exit(app_dir: Path) -> None
     assert len(exported) == 3, [s["name"] for s in exported]
     (root,) = [s for s in exported if s["name"] == "request"]
     hops = {
-        s["attributes"][spans.ATTR_RUNNER]: s
+        s["attributes"][attributes.ATTR_RUNNER]: s
         for s in exported
-        if spans.ATTR_RUNNER in s["attributes"]
+        if attributes.ATTR_RUNNER in s["attributes"]
     }
     assert sorted(hops) == ["Thread", "ThreadPoolExecutor"]
     assert root["context"]["trace_id"] == "0x" + report["root_trace"]
@@ -77,8 +77,8 @@ def test_console_exporter_gets_every_span_flushed_at_exit(app_dir: Path) -> None
         hop = hops[runner]
         assert hop["context"]["trace_id"] == root["context"]["trace_id"]
         assert hop["parent_id"] == root["context"]["span_id"]
-        assert hop["attributes"][spans.THREAD_NAME].startswith(thread_prefix)
-        assert hop["attributes"][spans.ATTR_ORIGIN_THREAD_NAME] == "MainThread"
+        assert hop["attributes"][attributes.THREAD_NAME].startswith(thread_prefix)
+        assert hop["attributes"][attributes.ATTR_ORIGIN_THREAD_NAME] == "MainThread"
         assert hop["resource"]["attributes"]["service.name"] == "probe-svc"
 
 

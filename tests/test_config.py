@@ -24,7 +24,7 @@ from griptape.events import BaseEvent, EventBus, EventListener
 from opentelemetry import trace
 
 import ctxrelay
-from ctxrelay import config, spans, table
+from ctxrelay import attributes, config, spans, table
 from ctxrelay.config import ConfigWarning
 from helpers import parent_of, spans_named
 
@@ -90,7 +90,7 @@ def _run_all(tracer: trace.Tracer) -> dict[str, dict[str, str]]:
 
 
 def _hops(exporter) -> list:
-    return [s for s in exporter.get_finished_spans() if spans.ATTR_RUNNER in (s.attributes or {})]
+    return [s for s in exporter.get_finished_spans() if attributes.ATTR_RUNNER in (s.attributes or {})]
 
 
 def _jobs_under_request(exporter) -> dict[str, bool]:
@@ -199,7 +199,7 @@ def test_hop_spans_off_keeps_propagation_and_the_trace(monkeypatch, exporter, tr
 def test_hop_spans_on_by_default(exporter, tracer) -> None:
     ctxrelay.instrument()
     _run_all(tracer)
-    assert {s.attributes[spans.ATTR_RUNNER] for s in _hops(exporter)} == {
+    assert {s.attributes[attributes.ATTR_RUNNER] for s in _hops(exporter)} == {
         "Thread",
         "ThreadPoolExecutor",
         "run_in_executor",
@@ -262,14 +262,14 @@ def test_hop_spans_off_records_dispatches_only(monkeypatch, exporter, tracer) ->
     assert _hops(exporter) == []
     (dispatch,) = _dispatches(exporter)
     assert parent_of(dispatch, exporter) is spans_named(exporter, "request")[0]
-    assert dispatch.attributes[spans.ATTR_LISTENERS] == 1
+    assert dispatch.attributes[attributes.ATTR_LISTENERS] == 1
 
 
 def test_record_payloads_is_off_by_default_and_opt_in(monkeypatch, exporter, tracer) -> None:
     ctxrelay.instrument()
     _publish_in_pool(tracer)
     (dispatch,) = _dispatches(exporter)
-    assert spans.ATTR_PAYLOAD not in dispatch.attributes
+    assert attributes.ATTR_PAYLOAD not in dispatch.attributes
     recorded = [repr(dict(s.attributes or {})) for s in exporter.get_finished_spans()]
     assert not any("payload-marker-42" in text for text in recorded)
 
@@ -278,7 +278,7 @@ def test_record_payloads_is_off_by_default_and_opt_in(monkeypatch, exporter, tra
     ctxrelay.instrument()
     _publish_in_pool(tracer)
     (dispatch,) = _dispatches(exporter)
-    assert "payload-marker-42" in dispatch.attributes[spans.ATTR_PAYLOAD]
+    assert "payload-marker-42" in dispatch.attributes[attributes.ATTR_PAYLOAD]
 
 
 def test_exclude_a_bus(monkeypatch, exporter, tracer) -> None:
@@ -305,7 +305,7 @@ def test_exclude_leaves_the_named_runners_alone(monkeypatch, exporter, tracer) -
     seen = _run_all(tracer)
     assert seen["thread"]["user"] == "EMPTY"
     assert seen["pool"]["user"] == "alice"
-    assert "run_in_executor" not in {s.attributes[spans.ATTR_RUNNER] for s in _hops(exporter)}
+    assert "run_in_executor" not in {s.attributes[attributes.ATTR_RUNNER] for s in _hops(exporter)}
 
 
 @pytest.mark.parametrize("key", ["INCLUDE", "EXCLUDE"])
@@ -362,8 +362,8 @@ def test_skip_vars_has_no_invalid_value_only_names(monkeypatch, tracer) -> None:
 # --- detach ---------------------------------------------------------------------------
 def _assert_detached(exporter, runner: str) -> None:
     (request,) = spans_named(exporter, "request")
-    (hop,) = [s for s in _hops(exporter) if s.attributes[spans.ATTR_RUNNER] == runner]
-    assert hop.attributes[spans.ATTR_DETACHED] is True
+    (hop,) = [s for s in _hops(exporter) if s.attributes[attributes.ATTR_RUNNER] == runner]
+    assert hop.attributes[attributes.ATTR_DETACHED] is True
     assert hop.context.trace_id != request.context.trace_id, "a new trace"
     assert hop.parent is None
     (link,) = hop.links
@@ -401,7 +401,7 @@ def test_detach_by_function_pattern(monkeypatch, exporter, tracer) -> None:
     assert contextvars.copy_context().run(scenario) == "alice"
     _assert_detached(exporter, "ThreadPoolExecutor")
     (request,) = spans_named(exporter, "request")
-    (thread_hop,) = [s for s in _hops(exporter) if s.attributes[spans.ATTR_RUNNER] == "Thread"]
+    (thread_hop,) = [s for s in _hops(exporter) if s.attributes[attributes.ATTR_RUNNER] == "Thread"]
     assert parent_of(thread_hop, exporter) is request
 
 
@@ -410,7 +410,7 @@ def test_detach_works_with_hop_spans_off(monkeypatch, exporter, tracer) -> None:
     _set(monkeypatch, DETACH="ThreadPoolExecutor", HOP_SPANS="0")
     ctxrelay.instrument()
     _run_all(tracer)
-    assert [s.attributes[spans.ATTR_RUNNER] for s in _hops(exporter)] == ["ThreadPoolExecutor"]
+    assert [s.attributes[attributes.ATTR_RUNNER] for s in _hops(exporter)] == ["ThreadPoolExecutor"]
     _assert_detached(exporter, "ThreadPoolExecutor")
     assert sorted(_jobs_under_request(exporter).values()) == [False, True, True]
 

@@ -116,7 +116,7 @@ def test_same_bound_callable_run_by_eight_threads_at_once() -> None:
     def scenario() -> None:
         var.set("bound")
         ctx = contextvars.copy_context()
-        manual = lambda: ctx.run(work)  # noqa: E731 - the workaround from PROBLEM.md
+        manual = lambda: ctx.run(work)  # noqa: E731 - the usual manual workaround
         _, errors = run_eight(manual)
         assert any(isinstance(e, RuntimeError) and "cannot enter context" in str(e) for e in errors)
 
@@ -221,7 +221,7 @@ def test_second_call_of_a_relayed_callable_does_not_reenter_the_context(tracer) 
     def scenario() -> tuple[Any, Any]:
         var.set("captured")
         with tracer.start_as_current_span("root"):
-            relayed = relay.hand_over("test", var.get)
+            relayed = relay.relayed("test", var.get)
         assert type(relayed) is relay.Relayed
         first = relayed()
         var.set("caller")

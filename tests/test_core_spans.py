@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import StatusCode
 
 import ctxrelay
-from ctxrelay import spans
+from ctxrelay import attributes, spans
 from helpers import parent_of, spans_named
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("ctxrelay_span_var", default="EMPTY")
@@ -59,16 +59,16 @@ def test_thread_pool_and_executor_hops_are_children_of_the_origin(exporter, trac
         assert parent_of(hop, exporter) is root
         assert hop.context.trace_id == root.context.trace_id
         attrs = dict(hop.attributes)
-        assert attrs[spans.ATTR_RUNNER] == runner
-        assert attrs[spans.CODE_FUNCTION_NAME] == f"{__name__}._work"
-        assert attrs[spans.ATTR_ORIGIN_THREAD_NAME] == "MainThread"
-        assert attrs[spans.ATTR_ORIGIN_THREAD_ID] == threading.main_thread().ident
-        assert attrs[spans.THREAD_ID] != attrs[spans.ATTR_ORIGIN_THREAD_ID]
-        assert attrs[spans.ATTR_QUEUE_WAIT_MS] >= 0
-        assert attrs[spans.ATTR_CONTEXT_VARS] >= 2  # our var and OpenTelemetry's own
+        assert attrs[attributes.ATTR_RUNNER] == runner
+        assert attrs[attributes.CODE_FUNCTION_NAME] == f"{__name__}._work"
+        assert attrs[attributes.ATTR_ORIGIN_THREAD_NAME] == "MainThread"
+        assert attrs[attributes.ATTR_ORIGIN_THREAD_ID] == threading.main_thread().ident
+        assert attrs[attributes.THREAD_ID] != attrs[attributes.ATTR_ORIGIN_THREAD_ID]
+        assert attrs[attributes.ATTR_QUEUE_WAIT_MS] >= 0
+        assert attrs[attributes.ATTR_CONTEXT_VARS] >= 2  # our var and OpenTelemetry's own
         assert "secret-value" not in repr(attrs), "ContextVar values are never recorded"
     names = {
-        dict(s.attributes)[spans.THREAD_NAME]
+        dict(s.attributes)[attributes.THREAD_NAME]
         for s in exporter.get_finished_spans()
         if s.name.endswith(" _work")
     }
@@ -116,8 +116,8 @@ def test_failing_thread_and_subclass_record_the_exception(exporter, tracer) -> N
     assert [type(e) for e in hooked] == [RuntimeError], "the thread's excepthook still sees it"
     (hop,) = spans_named(exporter, "Thread run")
     assert hop.status.status_code is StatusCode.ERROR
-    assert dict(hop.attributes)[spans.CODE_FUNCTION_NAME].endswith("Worker.run")
-    assert dict(hop.attributes)[spans.THREAD_NAME] == "sub"
+    assert dict(hop.attributes)[attributes.CODE_FUNCTION_NAME].endswith("Worker.run")
+    assert dict(hop.attributes)[attributes.THREAD_NAME] == "sub"
     assert "run" not in w.__dict__, "the instance is left as it was"
 
 
@@ -128,7 +128,7 @@ def test_timer_hop_is_named_timer(exporter, tracer) -> None:
         t.start()
         t.join()
     (hop,) = spans_named(exporter, "Timer _work")
-    assert dict(hop.attributes)[spans.ATTR_RUNNER] == "Timer"
+    assert dict(hop.attributes)[attributes.ATTR_RUNNER] == "Timer"
 
 
 def test_no_span_without_an_active_span_but_context_still_carried(exporter) -> None:
@@ -157,7 +157,7 @@ def test_unsampled_parent_skips_the_span_work() -> None:
     ctxrelay.instrument(tracer_provider=provider)
     tracer = provider.get_tracer("t")
     with tracer.start_as_current_span("unsampled"):
-        assert spans.hand_over("Thread") is None, "no Hop is even allocated"
+        assert spans.admit("Thread") is None, "no Hop is even allocated"
         with ThreadPoolExecutor(1) as pool:
             pool.submit(lambda: None).result()
     assert local.get_finished_spans() == ()
@@ -174,7 +174,7 @@ def test_sdk_own_threads_produce_no_spans_and_shutdown_does_not_hang(exporter, t
         assert provider.force_flush(5000)
     provider.shutdown()  # joins the processor's worker thread
     assert [s.name for s in local.get_finished_spans()] == ["one"]
-    hops = [s for s in exporter.get_finished_spans() if spans.ATTR_RUNNER in (s.attributes or {})]
+    hops = [s for s in exporter.get_finished_spans() if attributes.ATTR_RUNNER in (s.attributes or {})]
     assert hops == [], [h.name for h in hops]
 
 
@@ -182,7 +182,7 @@ def test_attribute_values_are_bounded() -> None:
     def fn() -> None: ...
 
     fn.__qualname__ = "x" * 10_000
-    assert len(spans.callable_name(fn)) <= spans.MAX_ATTRIBUTE_LENGTH
+    assert len(attributes.callable_name(fn)) <= attributes.MAX_ATTRIBUTE_LENGTH
 
 
 def test_hand_over_after_the_parent_ended_still_records_the_hop(exporter, tracer) -> None:

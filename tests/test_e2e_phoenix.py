@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import pytest
 
 from activation_support import CTXRELAY, base_env, run, write_probe
-from ctxrelay import spans
+from ctxrelay import attributes as keys
 
 pytestmark = pytest.mark.e2e
 
@@ -213,9 +213,9 @@ def test_trace_across_threads_reaches_phoenix(
         (hop,) = [s for s in stored if s["context"]["span_id"] == work["parent_id"]]
         assert hop["parent_id"] == request["context"]["span_id"]
         attributes = hop["attributes"]
-        assert attributes[spans.ATTR_RUNNER] == runner
-        assert attributes[spans.THREAD_NAME].startswith(thread_prefix)
-        assert attributes[spans.ATTR_ORIGIN_THREAD_NAME] == "MainThread"
-        assert attributes[spans.THREAD_ID] != attributes[spans.ATTR_ORIGIN_THREAD_ID]
-        assert attributes[spans.ATTR_QUEUE_WAIT_MS] >= 0
-        assert attributes[spans.CODE_FUNCTION_NAME].endswith("work")
+        assert attributes[keys.ATTR_RUNNER] == runner
+        assert attributes[keys.THREAD_NAME].startswith(thread_prefix)
+        assert attributes[keys.ATTR_ORIGIN_THREAD_NAME] == "MainThread"
+        assert attributes[keys.THREAD_ID] != attributes[keys.ATTR_ORIGIN_THREAD_ID]
+        assert attributes[keys.ATTR_QUEUE_WAIT_MS] >= 0
+        assert attributes[keys.CODE_FUNCTION_NAME].endswith("work")

@@ -9,7 +9,7 @@ import blinker
 import pytest
 
 import ctxrelay
-from ctxrelay import spans as keys
+from ctxrelay import attributes as keys
 from listener_helpers import (
     assert_dispatch_follows_the_hop,
     assert_failed,

@@ -17,7 +17,7 @@ from django.core.signals import request_started  # noqa: E402
 from django.dispatch import Signal  # noqa: E402
 
 import ctxrelay  # noqa: E402
-from ctxrelay import spans as keys  # noqa: E402
+from ctxrelay import attributes as keys  # noqa: E402
 from ctxrelay.listeners._dispatch import Traced  # noqa: E402
 from listener_helpers import (  # noqa: E402
     assert_dispatch_follows_the_hop,

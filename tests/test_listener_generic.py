@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import ctxrelay
-from ctxrelay import spans as keys
+from ctxrelay import attributes as keys
 from ctxrelay import table
 from ctxrelay.listeners import generic
 from listener_helpers import (

@@ -11,7 +11,7 @@ from griptape.drivers.event_listener.base_event_listener_driver import BaseEvent
 from griptape.events import BaseEvent, EventBus, EventListener
 
 import ctxrelay
-from ctxrelay import spans as keys
+from ctxrelay import attributes as keys
 from listener_helpers import (
     assert_failed,
     assert_listener_tree,

@@ -8,7 +8,7 @@ import pytest
 from pubsub import pub
 
 import ctxrelay
-from ctxrelay import spans as keys
+from ctxrelay import attributes as keys
 from listener_helpers import (
     assert_dispatch_follows_the_hop,
     assert_failed,

@@ -11,7 +11,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 from pyee.executor import ExecutorEventEmitter
 
 import ctxrelay
-from ctxrelay import spans as keys
+from ctxrelay import attributes as keys
 from listener_helpers import (
     assert_failed,
     assert_listener_tree,

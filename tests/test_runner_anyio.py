@@ -24,7 +24,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 from opentelemetry.trace import StatusCode
 
 import ctxrelay
-from ctxrelay import relay, spans
+from ctxrelay import attributes
+from ctxrelay.runners import _thread_roles
 from helpers import parent_of, spans_named
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,13 +67,13 @@ def test_hop_span_around_each_call_inside_anyios_copy(
     for span in spans_named(exporter, "work"):
         hop = parent_of(span, exporter)
         assert hop.name == "anyio.to_thread work"
-        assert hop.attributes[spans.ATTR_RUNNER] == "anyio.to_thread"
-        assert hop.attributes[spans.CODE_FUNCTION_NAME] == f"{__name__}.work"
-        assert hop.attributes[spans.THREAD_NAME] == "AnyIO worker thread"
-        assert hop.attributes[spans.ATTR_ORIGIN_THREAD_ID] == threading.get_ident()
+        assert hop.attributes[attributes.ATTR_RUNNER] == "anyio.to_thread"
+        assert hop.attributes[attributes.CODE_FUNCTION_NAME] == f"{__name__}.work"
+        assert hop.attributes[attributes.THREAD_NAME] == "AnyIO worker thread"
+        assert hop.attributes[attributes.ATTR_ORIGIN_THREAD_ID] == threading.get_ident()
         assert parent_of(hop, exporter).context.span_id == caller.context.span_id
     # The worker thread itself is anyio's plumbing: no span for its life.
-    runners = {s.attributes.get(spans.ATTR_RUNNER) for s in exporter.get_finished_spans()}
+    runners = {s.attributes.get(attributes.ATTR_RUNNER) for s in exporter.get_finished_spans()}
     assert "Thread" not in runners
 
 
@@ -159,5 +160,5 @@ def test_worker_threads_do_not_pin_the_starting_calls_context(
 
     # The exemption is what does it: without it, the thread patch would carry the first
     # call's context into WorkerThread.run for the worker's whole life.
-    monkeypatch.setattr(relay, "_exempt_classes", set())
+    monkeypatch.setattr(_thread_roles, "EXEMPT_CLASSES", set())
     assert _payload_pinned_by_idle_worker()

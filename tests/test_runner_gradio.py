@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 
 import ctxrelay  # noqa: E402
 from asgi_servers import free_port  # noqa: E402
-from ctxrelay import spans  # noqa: E402
+from ctxrelay import attributes  # noqa: E402
 from helpers import parent_of, spans_named  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -187,7 +187,7 @@ def test_generator_context_only_without_the_thread_patch(
 
 
 def _runner(span: Any) -> Any:
-    return span.attributes.get(spans.ATTR_RUNNER) if span is not None else None
+    return span.attributes.get(attributes.ATTR_RUNNER) if span is not None else None
 
 
 def test_handler_spans_are_children_of_hop_spans(
@@ -207,7 +207,7 @@ def test_handler_spans_are_children_of_hop_spans(
 
     # The server thread is one hop named after gradio, a child of "launch".
     (server_hop,) = [s for s in exporter.get_finished_spans() if _runner(s) == "gradio"]
-    assert server_hop.attributes[spans.CODE_FUNCTION_NAME] == "uvicorn.server.Server.run"
+    assert server_hop.attributes[attributes.CODE_FUNCTION_NAME] == "uvicorn.server.Server.run"
     assert parent_of(server_hop, exporter).context.span_id == launch.context.span_id
 
     # Async handlers run in the server thread's event loop: under the gradio hop.
@@ -224,7 +224,7 @@ def test_handler_spans_are_children_of_hop_spans(
     (generator_span,) = spans_named(exporter, "generator handler")
     first_step = parent_of(generator_span, exporter)
     assert _runner(first_step) == "anyio.to_thread"
-    assert first_step.attributes[spans.CODE_FUNCTION_NAME] == "gradio.utils.run_sync_iterator_async"
+    assert first_step.attributes[attributes.CODE_FUNCTION_NAME] == "gradio.utils.run_sync_iterator_async"
 
     traces = {s.context.trace_id for s in (async_span, sync_span, generator_span)}
     assert traces == {launch.context.trace_id}

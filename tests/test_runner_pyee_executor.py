@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import ctxrelay
-from ctxrelay import spans
+from ctxrelay import attributes
 from helpers import parent_of
 
 pyee_executor = pytest.importorskip("pyee.executor")
@@ -96,7 +96,7 @@ def test_hop_span_is_a_child_of_the_span_current_at_emit(exporter: Any, tracer: 
     parents = []
     for listener in listeners:
         hop = parent_of(listener, exporter)
-        assert hop is not None and hop.attributes[spans.ATTR_RUNNER] == "ThreadPoolExecutor"
+        assert hop is not None and hop.attributes[attributes.ATTR_RUNNER] == "ThreadPoolExecutor"
         emit = parent_of(hop, exporter)
         assert emit is not None
         parents.append(emit.name)
@@ -114,7 +114,7 @@ def test_with_the_listener_bus_the_hop_still_sits_under_its_emit(
     emits = []
     for listener in listeners:
         chain = ancestors(listener, exporter)
-        runners = [(s.attributes or {}).get(spans.ATTR_RUNNER) for s in chain]
+        runners = [(s.attributes or {}).get(attributes.ATTR_RUNNER) for s in chain]
         # one hop per handler, however many spans the bus adds around it
         assert runners.count("ThreadPoolExecutor") == 1
         emits.extend(s.name for s in chain if s.name.startswith("emit "))

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 import ctxrelay
-from ctxrelay import spans
+from ctxrelay import attributes
 from helpers import parent_of, spans_named
 
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("test_ss_tenant", default="<unset>")
@@ -178,13 +178,13 @@ def test_request_hop_is_a_child_of_the_span_current_in_the_server_thread(
 
     (hop,) = spans_named(exporter, "socketserver ")
     assert hop.name == "socketserver process_request_thread"
-    assert hop.attributes[spans.ATTR_RUNNER] == "socketserver"
-    assert hop.attributes[spans.ATTR_ORIGIN_THREAD_NAME] == "server-thread"
+    assert hop.attributes[attributes.ATTR_RUNNER] == "socketserver"
+    assert hop.attributes[attributes.ATTR_ORIGIN_THREAD_NAME] == "server-thread"
     # The span current at hand-over, in the serve_forever thread, is that thread's
     # own hop span, itself a child of the span that started the server.
     server_hop = parent_of(hop, exporter)
-    assert server_hop is not None and server_hop.attributes[spans.ATTR_RUNNER] == "Thread"
-    assert server_hop.attributes[spans.CODE_FUNCTION_NAME].endswith("serve_forever")
+    assert server_hop is not None and server_hop.attributes[attributes.ATTR_RUNNER] == "Thread"
+    assert server_hop.attributes[attributes.CODE_FUNCTION_NAME].endswith("serve_forever")
     startup = parent_of(server_hop, exporter)
     assert startup is not None and startup.name == "startup"
     (handler,) = spans_named(exporter, "handler")

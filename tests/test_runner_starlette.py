@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 import ctxrelay
 from asgi_servers import SERVER_TIMEOUT_S, uvicorn_in_thread
-from ctxrelay import spans
+from ctxrelay import attributes
 from helpers import parent_of, spans_named
 
 pytestmark = pytest.mark.timeout(120)
@@ -160,7 +160,7 @@ def test_two_streams_at_once_keep_their_own_context(tracer: trace.Tracer) -> Non
 def nearest_hop(span: Any, exporter: InMemorySpanExporter) -> Any:
     """The closest ancestor that is a ctxrelay hop span (framework spans may sit between)."""
     parent = parent_of(span, exporter)
-    while parent is not None and spans.ATTR_RUNNER not in parent.attributes:
+    while parent is not None and attributes.ATTR_RUNNER not in parent.attributes:
         parent = parent_of(parent, exporter)
     return parent
 
@@ -185,15 +185,15 @@ def test_endpoint_spans_are_children_of_hop_spans(
     (server_hop,) = [
         s
         for s in spans_named(exporter, "Thread ")
-        if s.attributes[spans.THREAD_NAME] == "uvicorn-test-server"
+        if s.attributes[attributes.THREAD_NAME] == "uvicorn-test-server"
     ]
-    assert server_hop.attributes[spans.CODE_FUNCTION_NAME] == "uvicorn.server.Server.run"
+    assert server_hop.attributes[attributes.CODE_FUNCTION_NAME] == "uvicorn.server.Server.run"
     assert parent_of(server_hop, exporter).context.span_id == serve.context.span_id
 
     # A sync endpoint runs under an anyio.to_thread hop, itself under the server's hop.
     (sync_span,) = spans_named(exporter, "sync endpoint")
     to_thread = parent_of(sync_span, exporter)
-    assert to_thread.attributes[spans.ATTR_RUNNER] == "anyio.to_thread"
+    assert to_thread.attributes[attributes.ATTR_RUNNER] == "anyio.to_thread"
     assert to_thread.name == "anyio.to_thread sync_endpoint"
     assert nearest_hop(to_thread, exporter).context.span_id == server_hop.context.span_id
 
@@ -204,7 +204,7 @@ def test_endpoint_spans_are_children_of_hop_spans(
     # The generator's own span starts at its first step, under that step's hop.
     (generator_span,) = spans_named(exporter, "stream generator")
     first_step = parent_of(generator_span, exporter)
-    assert first_step.attributes[spans.ATTR_RUNNER] == "anyio.to_thread"
+    assert first_step.attributes[attributes.ATTR_RUNNER] == "anyio.to_thread"
     assert first_step.name == "anyio.to_thread _next"
     assert len(spans_named(exporter, "anyio.to_thread _next")) == 4  # three chunks, then the end
     traces = {s.context.trace_id for s in (sync_span, async_span, generator_span)}
@@ -227,7 +227,7 @@ def test_fastapi_request_span_stays_the_root_and_the_hop_sits_inside_it(
     assert request_span.parent is None and request_span.context.trace_id != serve.context.trace_id
     (sync_span,) = spans_named(exporter, "sync endpoint")
     hop = nearest_hop(sync_span, exporter)
-    assert hop.attributes[spans.ATTR_RUNNER] == "anyio.to_thread"
+    assert hop.attributes[attributes.ATTR_RUNNER] == "anyio.to_thread"
     assert hop.context.trace_id == request_span.context.trace_id
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import pytest
 
 import ctxrelay
-from ctxrelay import spans
+from ctxrelay import attributes
 from helpers import parent_of, spans_named
 
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("test_tp_tenant", default="<unset>")
@@ -224,9 +224,9 @@ def test_hop_span_is_a_child_of_the_span_current_at_hand_over(exporter: Any, tra
     hops = spans_named(exporter, "ThreadPool work")
     assert len(hops) == 3  # one for apply, one per chunk of the map
     for hop in hops:
-        assert hop.attributes[spans.ATTR_RUNNER] == "ThreadPool"
-        assert hop.attributes[spans.CODE_FUNCTION_NAME].endswith(work.__qualname__)
-        assert hop.attributes[spans.ATTR_ORIGIN_THREAD_NAME] == threading.current_thread().name
+        assert hop.attributes[attributes.ATTR_RUNNER] == "ThreadPool"
+        assert hop.attributes[attributes.CODE_FUNCTION_NAME].endswith(work.__qualname__)
+        assert hop.attributes[attributes.ATTR_ORIGIN_THREAD_NAME] == threading.current_thread().name
     parents = sorted(parent_of(h, exporter).name for h in hops)  # type: ignore[union-attr]
     assert parents == ["caller", "mapper", "mapper"]
     works = spans_named(exporter, "work")

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import pytest
 
 import ctxrelay
-from ctxrelay import spans
+from ctxrelay import attributes
 from helpers import parent_of, spans_named
 
 httpx = pytest.importorskip("httpx")
@@ -127,7 +127,7 @@ def test_hop_span_is_a_child_of_the_handlers_span(
     assert len(works) == 3
     for work in works:
         hop = parent_of(work, exporter)
-        assert hop is not None and hop.attributes[spans.ATTR_RUNNER] == runner
+        assert hop is not None and hop.attributes[attributes.ATTR_RUNNER] == runner
         handler = parent_of(hop, exporter)
         assert handler is not None and handler.name == "handler"
     assert len({w.context.trace_id for w in works}) == 3  # one trace per request

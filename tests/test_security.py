@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 import ctxrelay
-from ctxrelay import spans as ctx_spans
+from ctxrelay import attributes as ctx_spans
 from ctxrelay import table
 
 SECRET = f"s3cr3t-{uuid.uuid4().hex}"

@@ -199,7 +199,7 @@ def detach_predicate(patterns: Iterable[str]) -> Callable[[str, Any], bool] | No
     patterns = tuple(patterns)
     if not patterns:
         return None
-    from ctxrelay.spans import callable_name
+    from ctxrelay.attributes import callable_name
 
     def detach(runner: str, fn: Any) -> bool:
         name = callable_name(fn)

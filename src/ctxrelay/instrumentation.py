@@ -74,7 +74,6 @@ def instrument(
             return
         if _selected is not None:
             patching.remove_all()
-            relay.clear_exemptions()
         patching.apply(p for p in table.patches() if p.name in selected)
         _selected = selected
 
@@ -102,7 +101,6 @@ def uninstrument() -> None:
         if _selected is None:
             return
         patching.remove_all()
-        relay.clear_exemptions()
         spans.disable()
         relay.skip_vars(frozenset())
         _selected = None

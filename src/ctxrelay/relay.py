@@ -1,12 +1,18 @@
-"""THE propagation mechanism: every patch in ctxrelay calls this module.
+"""The hand-over mechanism: what every runner calls when work leaves for another thread.
 
-At hand-over (``Thread.start``, ``submit``, a pool's queueing) the origin thread
-captures a copy of its ``contextvars`` context; the work later runs inside that copy in
-the target thread.  Each piece of work gets its own copy, so:
+Every runner's hand-over (``Thread.start``, ``submit``, a pool's queueing,
+``run_in_executor``, ``anyio.to_thread``) goes through :func:`hand_over`, in the origin
+thread: it captures a copy of the caller's ``contextvars`` context (unless the runner
+makes its own copy) and asks :func:`ctxrelay.spans.admit` whether a hop span is to be
+recorded.  The work later runs inside that copy in the target thread.  Each piece of
+work gets its own copy, so:
 
 * a pool task never sees what an earlier task on the same worker set, and a worker
   never pins the context of whichever ``submit`` happened to start it;
 * two threads never enter the same ``Context`` at once ("cannot enter context").
+
+The listener buses do not hand work over (their listeners run where the bus runs
+them) and do not come here.
 
 A captured context must not outlive its work: a :class:`Relayed` drops its context the
 moment it starts running, and the frames here clear their locals before an exception
@@ -17,6 +23,7 @@ alive for as long as the application holds the future.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from contextvars import Context, copy_context
 from typing import Any, Callable, ParamSpec, TypeVar
@@ -25,29 +32,60 @@ from ctxrelay import spans
 from ctxrelay.spans import settings as _span_settings
 
 __all__ = [
+    "Observer",
     "Relayed",
     "bind",
     "capture",
     "hand_over",
-    "hand_over_single_use",
+    "relayed",
+    "relayed_call",
+    "relayed_single_use",
     "run_hop",
-    "thread_is_exempt",
+    "runs_in_own_context",
+    "set_observer",
 ]
 
 T = TypeVar("T")
 P = ParamSpec("P")
+logger = logging.getLogger("ctxrelay")
 
 _BuiltinMethod: Any = type(Context().run)  # Any: `type(x) is` must not narrow x to it
 _Partial = functools.partial
+_run_in: Callable[..., Any] = Context.run
 
 #: ContextVar names that are never carried into another thread (CTXRELAY_SKIP_VARS).
 _skipped_var_names: frozenset[str] = frozenset()
+
+#: ``observer(runner, fn, context, hop)``: told of every hand-over, in the origin thread,
+#: after the decision (``context`` None when the runner copies for itself, ``hop`` None
+#: when no span is recorded).  None when nothing observes: one check per hand-over.
+Observer = Callable[[str, Any, "Context | None", "spans.Hop | None"], None]
+_observer: Observer | None = None
+
+#: True while :func:`hand_over` would do nothing but ``copy_context()`` when hop spans
+#: are off: no observer, no variable to leave behind.  The front ends then copy inline
+#: and save the hot path a Python call (``submit`` is the hottest path ctxrelay has);
+#: the result is exactly what :func:`hand_over` would return.
+_only_copy = True
+
+
+def _refresh() -> None:
+    global _only_copy
+    _only_copy = _observer is None and not _skipped_var_names
+
+
+def set_observer(observer: Observer | None) -> None:
+    """Have ``observer`` told of each hand-over from now on (None: stop)."""
+    global _observer
+    _observer = observer
+    _refresh()
 
 
 def skip_vars(names: frozenset[str]) -> None:
     """Never carry ContextVars with these names; they start at their default."""
     global _skipped_var_names
     _skipped_var_names = frozenset(names)
+    _refresh()
 
 
 def skips_vars() -> bool:
@@ -72,8 +110,39 @@ def _without_skipped(context: Context) -> Context:
     return kept
 
 
+def hand_over(
+    runner: str, fn: Any, *, carry: bool = True
+) -> tuple[Context | None, spans.Hop | None]:
+    """THE hand-over, in the origin thread: ``(copy of the context, hop or None)``.
+
+    ``carry=False`` for runners that copy the context themselves (anyio, a thread on
+    3.14 that inherits it): only the span is decided.  May raise; the front ends below
+    and every runner turn any failure into "hand the work over unchanged".
+    """
+    if carry:
+        context: Context | None = copy_context()
+        if _skipped_var_names:
+            context = _without_skipped(context)  # type: ignore[arg-type]
+    else:
+        context = None
+    hop = spans.admit(runner) if _span_settings.hops else None
+    if _observer is not None:
+        _tell_observer(runner, fn, context, hop)
+    return context, hop
+
+
+def _tell_observer(runner: str, fn: Any, context: Context | None, hop: spans.Hop | None) -> None:
+    observer = _observer
+    if observer is None:  # set_observer(None) from another thread in between
+        return
+    try:
+        observer(runner, fn, context, hop)
+    except Exception:
+        logger.debug("ctxrelay: the hand-over observer failed", exc_info=True)
+
+
 def _context_run_target(fn: Any) -> tuple[Context, Any, tuple[Any, ...], dict[str, Any]] | None:
-    """``(ctx, f, args, kwargs)`` if ``fn`` is ``ctx.run`` or ``partial(ctx.run, f, ...)``.
+    """``(ctx, f, args, kwargs)`` if ``fn`` is ``partial(ctx.run, f, ...)``.
 
     ``asyncio.to_thread`` and hand-written code already pick the context to run in; that
     choice wins, and ctxrelay only adds the hop span inside it.
@@ -91,26 +160,33 @@ def runs_in_own_context(fn: Any) -> bool:
 
 
 class Relayed:
-    """``fn`` plus the captured context and the hop span to record; runs once, in that copy.
+    """``fn`` and its captured context: runs once in that copy, under the hop span if any.
 
-    Queued when a span is recorded (without one, :func:`hand_over` queues a plain
-    ``partial(context.run, fn)``); with no ``hop`` it only marks the work as relayed, or
-    runs a callable that records its own span (``thread_pool`` names a chunk's span after
-    the user's function).  Single use: pools call each submitted callable once;
-    a second call (only possible if someone kept the callable) runs ``fn`` in the
-    caller's context rather than entering a context that may already be in use.
+    Queued when a hop span is recorded, or when the runner's own frames keep the queued
+    callable after it ran (:func:`relayed_single_use`); otherwise the front ends queue a
+    plain ``partial(context.run, fn)``.  ``named`` is what the span is named after when
+    it is not ``fn`` (a chunk of ``ThreadPool.map`` is named after the user's function,
+    not the pool's ``mapstar``).  Single use: it lets go of the context the moment it
+    starts; a second call (only possible if someone kept the callable) runs ``fn`` in
+    the caller's context rather than entering a context that may already be in use.
     """
 
-    __slots__ = ("context", "fn", "hop")
+    __slots__ = ("context", "fn", "hop", "named")
 
     def __init__(
-        self, fn: Callable[..., Any], context: Context | None, hop: spans.Hop | None
+        self,
+        fn: Callable[..., Any],
+        context: Context,
+        hop: spans.Hop | None,
+        named: Any = None,
     ) -> None:
         self.fn = fn
-        self.context = context
+        self.context: Context | None = context
         self.hop = hop
+        self.named = named
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        # Positional-only ``self``: the user's function may take a ``self`` keyword.
         context = self.context
         if context is None:
             return self.fn(*args, **kwargs)
@@ -120,7 +196,15 @@ class Relayed:
             if hop is None:
                 return context.run(self.fn, *args, **kwargs)
             self.hop = None
-            return context.run(run_hop, hop, self.fn, args, kwargs, len(context), None)
+            return context.run(
+                run_hop,
+                hop=hop,
+                fn=self.fn,
+                args=args,
+                kwargs=kwargs,
+                context_vars=len(context),
+                named=self.named,
+            )
         finally:
             # The traceback of a failed task keeps this frame: let go of the context.
             context = None
@@ -129,14 +213,13 @@ class Relayed:
         return f"<ctxrelay.Relayed {self.fn!r}>"
 
 
-def hand_over(runner: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Called in the origin thread when ``fn`` is handed to another thread.
+def relayed(runner: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What to queue instead of ``fn``, for runners that queue one callable.
 
-    Returns what should be queued instead of ``fn``.  This is the hot path of every
-    ``submit``: with no span to record it costs one context copy and one C-level
-    ``partial(context.run, fn)`` (no Python frame at run time, and nothing of ctxrelay
-    left in a failed task's traceback).  Never raises: if anything here fails, the work
-    is handed over unchanged (propagation lost, application intact).
+    With no span to record it is one C-level ``partial(context.run, fn)`` (no Python
+    frame at run time, and nothing of ctxrelay left in a failed task's traceback).
+    Never raises: if anything here fails, ``fn`` itself is returned (propagation lost,
+    application intact).
     """
     kind = type(fn)
     if kind is Relayed:  # an outer patch (run_in_executor) already took care of it
@@ -145,19 +228,46 @@ def hand_over(runner: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         if kind is _Partial:
             chosen = _context_run_target(fn)
             if chosen is not None:
-                return _with_span_only(runner, fn, chosen)
-        context = capture()
-        if _span_settings.hops:
-            hop = spans.hand_over(runner)
-            if hop is not None:
-                return Relayed(fn, context, hop)
-        return _Partial(context.run, fn)
-    except Exception:  # pragma: no cover - defensive: never break the host app
+                return _span_in_chosen_context(runner, fn, chosen)
+        if _only_copy and not _span_settings.hops:  # what hand_over() would return
+            return _Partial(copy_context().run, fn)
+        context, hop = hand_over(runner, fn)
+        if hop is None:
+            return _Partial(context.run, fn)  # type: ignore[union-attr]
+        return Relayed(fn, context, hop)  # type: ignore[arg-type]
+    except Exception:
+        logger.debug("ctxrelay: hand-over failed; the work runs uncarried", exc_info=True)
         return fn
 
 
-def hand_over_single_use(runner: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """:func:`hand_over` for runners whose own frames keep the queued callable after it ran.
+def relayed_call(
+    runner: str, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """What to queue instead of ``(fn, args)``, for runners that queue them apart.
+
+    With no span to record, the queued callable is ``Context.run`` itself and the copy
+    goes in front of the arguments: the task runs as ``Context.run(copy, fn, *args)``,
+    and each task waiting in a queue keeps 2 objects alive for the garbage collector
+    instead of 4 (no bound method, no ``partial`` and its tuple).  On a busy pool that
+    difference is most of ctxrelay's cost (docs/performance.md).  Never raises.
+    """
+    kind = type(fn)
+    if kind is Relayed or kind is _Partial:
+        return relayed(runner, fn), args
+    if _only_copy and not _span_settings.hops:  # what hand_over() would return
+        return _run_in, (copy_context(), fn, *args)
+    try:
+        context, hop = hand_over(runner, fn)
+        if hop is None:
+            return _run_in, (context, fn, *args)
+        return Relayed(fn, context, hop), args  # type: ignore[arg-type]
+    except Exception:
+        logger.debug("ctxrelay: hand-over failed; the work runs uncarried", exc_info=True)
+        return fn, args
+
+
+def relayed_single_use(runner: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`relayed` for runners whose own frames keep the queued callable after it ran.
 
     CPython 3.14's thread pool runs a task as ``WorkerContext.run(task)``, whose frame
     unpacks ``fn, args, kwargs`` into locals; a failed task's traceback (kept by its
@@ -165,77 +275,51 @@ def hand_over_single_use(runner: str, fn: Callable[..., Any]) -> Callable[..., A
     copy for as long as the application holds the future, so the copy sits in a
     :class:`Relayed`, which lets go of it the moment it starts (one Python frame more
     per task).  A callable that already runs in a context of the caller's choice
-    (``partial(ctx.run, f)``) keeps it, as with :func:`hand_over`.
+    (``partial(ctx.run, f)``) keeps it, as with :func:`relayed`.  Never raises.
     """
     kind = type(fn)
     if kind is Relayed:
         return fn
     try:
         if kind is _Partial and _context_run_target(fn) is not None:
-            return hand_over(runner, fn)
-        hop = spans.hand_over(runner) if _span_settings.hops else None
-        return Relayed(fn, capture(), hop)
-    except Exception:  # pragma: no cover - defensive: never break the host app
+            return relayed(runner, fn)
+        context, hop = hand_over(runner, fn)
+        return Relayed(fn, context, hop)  # type: ignore[arg-type]
+    except Exception:
+        logger.debug("ctxrelay: hand-over failed; the work runs uncarried", exc_info=True)
         return fn
 
 
-_run_in: Callable[..., Any] = Context.run
-
-
-def hand_over_call(
-    runner: str, fn: Callable[..., Any], args: tuple[Any, ...]
-) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-    """:func:`hand_over` for runners that queue ``fn`` and its ``args`` apart (a work item).
-
-    With no span to record, the queued callable is ``Context.run`` itself and the copy
-    goes in front of the arguments: the task runs as ``Context.run(copy, fn, *args)``,
-    and each task waiting in a queue keeps 2 objects alive for the garbage collector
-    instead of 4 (no bound method, no ``partial`` and its tuple).  On a busy pool that
-    difference is most of ctxrelay's cost (docs/performance.md).
-    """
-    kind = type(fn)
-    if kind is Relayed or kind is _Partial or _skipped_var_names:
-        return hand_over(runner, fn), args
-    try:
-        if _span_settings.hops:
-            hop = spans.hand_over(runner)
-            if hop is not None:
-                return Relayed(fn, copy_context(), hop), args
-        return _run_in, (copy_context(), fn, *args)
-    except Exception:  # pragma: no cover - defensive: never break the host app
-        return fn, args
-
-
-def _with_span_only(
+def _span_in_chosen_context(
     runner: str,
     fn: Callable[..., Any],
     chosen: tuple[Context, Any, tuple[Any, ...], dict[str, Any]],
 ) -> Callable[..., Any]:
     """The caller already runs ``fn`` in a context of its choice: add the hop span only."""
-    hop = spans.hand_over(runner)
+    context, target, args, kwargs = chosen
+    _, hop = hand_over(runner, target, carry=False)
     if hop is None:
         return fn
-    context, target, args, kwargs = chosen
-    # Wrapped in a context-less Relayed so that an inner patch (the pool, after
-    # run_in_executor) sees the work as handled and adds no second span.
-    return Relayed(
-        _Partial(context.run, run_hop, hop, target, args, kwargs, None, None), None, None
-    )
+    bound = _Partial(target, *args, **kwargs) if args or kwargs else target
+    # A Relayed, so that an inner patch (the pool, after run_in_executor) sees the
+    # work as handled and adds no second span.
+    return Relayed(bound, context, hop, named=target)
 
 
 def run_hop(
+    *,
     hop: spans.Hop,
     fn: Callable[..., T],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    context_vars: int | None,
-    thread_name: str | None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    context_vars: int | None = None,
+    thread_name: str | None = None,
     named: Any = None,
 ) -> T:
-    """Run ``fn`` under a hop span; called inside the carried context.
+    """Run ``fn(*args, **kwargs)`` under a hop span; called inside the carried context.
 
-    ``named`` is what the span is named after when it is not ``fn`` itself (a thread's
-    ``target`` rather than the ``run`` method that calls it).
+    ``named`` is what the span is named after when it is not ``fn`` itself;
+    ``context_vars`` and ``thread_name`` are measured here when not given.
 
     The user's function is called exactly once, outside any ctxrelay ``try`` that could
     swallow its exception: failures in span bookkeeping are dropped, the work is not.
@@ -249,10 +333,13 @@ def run_hop(
         span, token = spans.start_hop(
             hop, fn if named is None else named, context_vars, thread_name
         )
-    except Exception:  # pragma: no cover - defensive
+    except Exception:
+        logger.debug("ctxrelay: could not start a hop span", exc_info=True)
         span = token = None
     try:
-        return fn(*args, **kwargs)
+        if kwargs:
+            return fn(*args, **kwargs)
+        return fn(*args)
     except BaseException as exc:
         if span is not None:
             spans.record_failure(span, exc)
@@ -273,7 +360,7 @@ class _Bound:
         self.fn = fn
         self.context = context
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         # A fresh copy per call: concurrent calls never share (or fight over) a Context.
         return self.context.copy().run(self.fn, *args, **kwargs)
 
@@ -290,91 +377,6 @@ def bind(fn: Callable[P, T]) -> Callable[P, T]:
     bound = _Bound(fn, capture())
     try:
         functools.update_wrapper(bound, fn, updated=())
-    except (AttributeError, TypeError):
+    except Exception:  # a callable whose attributes cannot be read: no metadata
         pass
     return bound
-
-
-# --- threads that must never capture a context --------------------------------------
-# Pool workers live for many tasks: a context captured when one is started would pin
-# whatever the submitting request held, for the worker's whole life (a leak, and a
-# stale snapshot).  Pools carry the context per task instead.
-_exempt_targets: set[Any] = set()
-_exempt_classes: set[type] = set()
-
-
-def exempt_thread_target(fn: Any) -> None:
-    """Threads whose ``target`` is ``fn`` (a pool's worker loop) never capture."""
-    _exempt_targets.add(getattr(fn, "__func__", fn))
-
-
-def exempt_thread_class(cls: type) -> None:
-    """Threads of exactly this class (a pool's worker class) never capture."""
-    _exempt_classes.add(cls)
-
-
-def clear_exemptions() -> None:
-    """Forget every exemption (``uninstrument()``); patches re-register theirs when applied."""
-    _exempt_targets.clear()
-    _exempt_classes.clear()
-
-
-def thread_is_exempt(thread: threading.Thread) -> bool:
-    if type(thread) in _exempt_classes:
-        return True
-    target = thread.__dict__.get("_target")
-    if target is None:
-        return False
-    func = getattr(target, "__func__", target)
-    if func in _exempt_targets:
-        return True
-    # The OpenTelemetry SDK's own threads (batch span processor, metric readers):
-    # a span about exporting spans would recurse, and their life is the process's.
-    module = getattr(func, "__module__", None)
-    return isinstance(module, str) and module.startswith("opentelemetry.")
-
-
-# --- threads started on behalf of another runner ------------------------------------
-# Some runners hand work over by starting a thread (a server's thread per request):
-# the thread patch carries the context, and the runner only names the hop.
-_thread_runner = threading.local()
-
-
-class threads_started_as:  # used as a context manager, like a function
-    """Name the hop of the threads this thread starts inside the ``with`` block.
-
-    ``with threads_started_as("socketserver"): ...``: their hop spans report that runner
-    instead of ``Thread``.  Propagation itself is the thread patch's, unchanged.
-    """
-
-    __slots__ = ("previous", "runner")
-
-    def __init__(self, runner: str) -> None:
-        self.runner = runner
-        self.previous: str | None = None
-
-    def __enter__(self) -> None:
-        self.previous = getattr(_thread_runner, "name", None)
-        _thread_runner.name = self.runner
-
-    def __exit__(self, *exc: object) -> None:
-        _thread_runner.name = self.previous
-
-
-def naming_threads(
-    runner: str,
-) -> Callable[[Callable[..., T], Any, tuple[Any, ...], dict[str, Any]], T]:
-    """A wrapt wrapper: threads started during the wrapped call get hops named ``runner``."""
-
-    def wrapper(
-        wrapped: Callable[..., T], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> T:
-        with threads_started_as(runner):
-            return wrapped(*args, **kwargs)
-
-    return wrapper
-
-
-def thread_runner_name() -> str | None:
-    """The runner named by an enclosing :class:`threads_started_as` in this thread."""
-    return getattr(_thread_runner, "name", None)

@@ -1,113 +1,54 @@
-"""Span names, attribute keys and the life of a hop span: the one place they are defined.
+"""The life of a hop span: whether one is recorded, and its start, failure and end.
 
 A *hop* is one piece of work handed from an origin thread to another thread.  Its span
-is decided at hand-over (in the origin thread) and started when the work starts (in
-the target thread), as a child of the span that was current at hand-over.
+is decided at hand-over (in the origin thread, :func:`admit`) and started when the work
+starts (in the target thread, :func:`start_hop`), as a child of the span that was
+current at hand-over.  Names and attribute keys: :mod:`ctxrelay.attributes`.
 
-Cost matters here: :func:`hand_over` runs on every ``submit``/``start``, so it returns
-``None`` (and nothing else is allocated) whenever the span would not be recorded —
-spans switched off, no active span, an unsampled parent, or instrumentation suppressed
-(the OpenTelemetry SDK suppresses it while it exports, which is what keeps exporter
-threads from producing spans about themselves).
+Two rules hold for everything here:
+
+* :func:`admit` runs on every ``submit``/``start``, so it returns ``None`` (and
+  allocates nothing) whenever the span would not be recorded;
+* span bookkeeping never changes what the user's code returns or raises: recording a
+  failure and ending a span swallow their own errors (an exception whose ``__str__``
+  raises, a span processor whose ``on_end`` raises).
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 import threading
 import time
-from contextvars import ContextVar
 from typing import Any, Callable
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-try:  # semantic conventions >= 0.54b0 have the stable code.* names
-    from opentelemetry.semconv.attributes.code_attributes import CODE_FUNCTION_NAME
-except ImportError:  # pragma: no cover - older semconv releases
-    from opentelemetry.semconv._incubating.attributes.code_attributes import (
-        CODE_FUNCTION_NAME,
-    )
-from opentelemetry.semconv._incubating.attributes.thread_attributes import (
+from ctxrelay.attributes import (
+    ATTR_CONTEXT_VARS,
+    ATTR_DETACHED,
+    ATTR_ORIGIN_THREAD_ID,
+    ATTR_ORIGIN_THREAD_NAME,
+    ATTR_QUEUE_WAIT_MS,
+    ATTR_RUNNER,
+    CODE_FUNCTION_NAME,
+    MAX_ATTRIBUTE_LENGTH,
     THREAD_ID,
     THREAD_NAME,
+    callable_name,
+    short_name,
 )
-
+from ctxrelay.otel_fast import parent_allows
 from ctxrelay.version import __version__
 
-__all__ = [
-    "ATTR_CONTEXT_VARS",
-    "ATTR_DETACHED",
-    "ATTR_ORIGIN_THREAD_ID",
-    "ATTR_ORIGIN_THREAD_NAME",
-    "ATTR_QUEUE_WAIT_MS",
-    "ATTR_RUNNER",
-    "CODE_FUNCTION_NAME",
-    "THREAD_ID",
-    "THREAD_NAME",
-    "Hop",
-    "callable_name",
-    "hand_over",
-]
+__all__ = ["Hop", "admit", "end_hop", "end_span", "record_failure", "settings", "start_hop"]
 
-# --- attribute keys (listed in docs/spans.md) ---------------------------------------
-ATTR_RUNNER = "ctxrelay.runner"
-ATTR_ORIGIN_THREAD_ID = "ctxrelay.origin.thread.id"
-ATTR_ORIGIN_THREAD_NAME = "ctxrelay.origin.thread.name"
-ATTR_QUEUE_WAIT_MS = "ctxrelay.queue.wait_ms"
-ATTR_CONTEXT_VARS = "ctxrelay.context.vars"
-ATTR_DETACHED = "ctxrelay.detached"
+logger = logging.getLogger("ctxrelay")
 
-# Listener-dispatch attributes (issue: spans for every event-listener dispatch).
-ATTR_BUS = "ctxrelay.bus"
-ATTR_EVENT = "ctxrelay.event"
-ATTR_LISTENERS = "ctxrelay.listeners"
-ATTR_LISTENER_INDEX = "ctxrelay.listener.index"
-ATTR_LISTENER_DRIVER = "ctxrelay.listener.driver"
-ATTR_SENDER = "ctxrelay.sender"
-#: only with CTXRELAY_RECORD_PAYLOADS=1: a bounded description of what was dispatched.
-ATTR_PAYLOAD = "ctxrelay.event.payload"
-
-# Listener-dispatch span names (docs/listeners.md): one per dispatch, one per listener call.
-DISPATCH_SPAN = "{bus} dispatch {event}"
-LISTENER_SPAN = "{bus} listener {listener}"
-
-#: Longest string ctxrelay ever puts in an attribute it builds itself.
-MAX_ATTRIBUTE_LENGTH = 256
-
-_SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # the SDK's own flag
-_SAMPLED = int(TraceFlags.SAMPLED)
-
-# The public way to ask "is the current span sampled, is instrumentation suppressed?"
-# walks opentelemetry.context twice (get_current_span -> get_value -> get_current ->
-# the runtime context -> its ContextVar), ~0.5 us per hand-over.  The default runtime
-# context keeps the OpenTelemetry Context (a dict) in one ContextVar: read it once.
-# Both names are private to opentelemetry-api, so anything unexpected falls back to
-# the public API (another OTEL_PYTHON_CONTEXT, a future rename).
-try:
-    from opentelemetry.context import _RUNTIME_CONTEXT
-    from opentelemetry.trace.propagation import _SPAN_KEY
-
-    _OTEL_CONTEXT_VAR = getattr(_RUNTIME_CONTEXT, "_current_context", None)
-except ImportError:  # pragma: no cover - a future opentelemetry-api
-    _SPAN_KEY = ""
-    _OTEL_CONTEXT_VAR = None
-if not isinstance(_OTEL_CONTEXT_VAR, ContextVar):  # pragma: no cover
-    _OTEL_CONTEXT_VAR = None
-
-
-_EMPTY: dict[str, Any] = {}
-
-
-def _current_otel_context() -> Any:
-    """The current OpenTelemetry Context (a mapping), or None to use the public API."""
-    if _OTEL_CONTEXT_VAR is None:
-        return None
-    try:
-        return _OTEL_CONTEXT_VAR.get()  # its default is an empty Context
-    except LookupError:  # pragma: no cover - a runtime context without a default
-        return _EMPTY
+#: How a piece of work normally ends without being a failure: a generator step that
+#: finds the generator exhausted.
+NORMAL_ENDS: tuple[type[BaseException], ...] = (StopIteration, StopAsyncIteration)
 
 
 class _Settings:
@@ -191,33 +132,6 @@ def disable() -> None:
     settings.listeners = False
 
 
-def _through_partials(fn: Any) -> Any:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return fn
-
-
-def callable_name(fn: Any) -> str:
-    """``module.qualname`` of what will run, seen through partials and bound methods."""
-    fn = _through_partials(fn)
-    qualname = getattr(fn, "__qualname__", None)
-    if qualname is None:
-        cls = type(fn)
-        qualname = f"{cls.__qualname__}.__call__"
-        module: str | None = cls.__module__
-    else:
-        module = getattr(fn, "__module__", None)
-    name = f"{module}.{qualname}" if module else str(qualname)
-    return name[:MAX_ATTRIBUTE_LENGTH]
-
-
-def short_name(fn: Any) -> str:
-    """The last part of the qualified name, for span names."""
-    fn = _through_partials(fn)
-    name = getattr(fn, "__name__", None) or type(fn).__name__
-    return str(name)[:MAX_ATTRIBUTE_LENGTH]
-
-
 class Hop:
     """What the origin thread knew at hand-over, kept only when a span will be recorded."""
 
@@ -225,62 +139,25 @@ class Hop:
 
     def __init__(self, runner: str) -> None:
         self.runner = runner
-        origin = threading.current_thread()
         self.origin_id = threading.get_ident()
         # Thread names are the application's (any length): bounded like every attribute.
-        self.origin_name = origin.name[:MAX_ATTRIBUTE_LENGTH]
+        name = threading.current_thread().name
+        self.origin_name = name[:MAX_ATTRIBUTE_LENGTH] if isinstance(name, str) else "?"
         self.handed_ns = time.perf_counter_ns()
 
 
-def should_record() -> bool:
-    """Called in the origin thread at hand-over: will a hop span be recorded?
+def admit(runner: str) -> Hop | None:
+    """THE decision whether a hand-over gets a hop span: a :class:`Hop` if so, else None.
 
-    No span is recorded when no span is active at the hand-over: a hop is a step inside
-    a trace, and a server's or a library's own threads would otherwise flood the backend
-    with one-span traces.  Propagation happens either way.  Nor under an unsampled
-    parent (a parent-based sampler would drop the hop too), nor while instrumentation
-    is suppressed (the SDK suppresses it while it exports).
-
-    The decision is made from the parent's *sampled* flag, not ``is_recording()``: a
-    parent that has already ended (work handed over from a done-callback) no longer
-    records, yet its children belong in the trace.  This runs on every hand-over, so the
-    OpenTelemetry context is read once (see :func:`_current_otel_context`).
+    Called in the origin thread at hand-over.  No span is recorded when hop spans are
+    off, or when no span is active at the hand-over: a hop is a step inside a trace, and
+    a server's or a library's own threads would otherwise flood the backend with
+    one-span traces (propagation happens either way); nor under an unsampled parent or
+    while instrumentation is suppressed (:func:`ctxrelay.otel_fast.parent_allows`).
     """
-    return settings.hops and parent_allows(root=False)
-
-
-def parent_allows(*, root: bool) -> bool:
-    """May a span start here, as a child of the current span (or, with ``root``, alone)?
-
-    False under an unsampled parent (a parent-based sampler would drop the child too)
-    and while instrumentation is suppressed; with no active span, ``root`` decides.  The
-    OpenTelemetry context is read once (see :func:`_current_otel_context`).
-    """
-    current = _current_otel_context()
-    if current is None:  # another runtime context: the public API
-        parent = trace.get_current_span().get_span_context()
-        if not parent.trace_flags.sampled and (parent.is_valid or not root):
-            return False
-        return not otel_context.get_value(_SUPPRESS_KEY)
-    span = current.get(_SPAN_KEY)
-    if span is None:
-        if not root:
-            return False
-    else:
-        try:
-            parent = span.get_span_context()
-            # ``& 1`` rather than ``.sampled``: the property costs more than the rest.
-            if not parent.trace_flags & _SAMPLED and (not root or parent.is_valid):
-                return False
-        except AttributeError:  # not a Span: what get_current_span() calls INVALID_SPAN
-            if not root:
-                return False
-    return not current.get(_SUPPRESS_KEY)
-
-
-def hand_over(runner: str) -> Hop | None:
-    """A :class:`Hop` if a span should be recorded for this hand-over, else None."""
-    return Hop(runner) if should_record() else None
+    if settings.hops and parent_allows(root=False):
+        return Hop(runner)
+    return None
 
 
 def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[Span | None, object]:
@@ -324,18 +201,46 @@ def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[S
     return span, token
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` for the span status; an exception's ``__str__`` may raise."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<exception str() failed>"
+    return f"{type(exc).__name__}: {message}"[:MAX_ATTRIBUTE_LENGTH]
+
+
 def record_failure(span: Span, exc: BaseException) -> None:
-    """ERROR status and an exception event; the exception itself is not touched."""
-    if span.is_recording():
-        span.record_exception(exc, escaped=True)
-        span.set_status(
-            Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:MAX_ATTRIBUTE_LENGTH])
-        )
+    """ERROR status and an exception event; the exception itself is not touched.
+
+    A generator's normal end (:data:`NORMAL_ENDS`) is not a failure.  Never raises.
+    """
+    if isinstance(exc, NORMAL_ENDS):
+        return
+    try:
+        if not span.is_recording():
+            return
+        try:
+            span.record_exception(exc, escaped=True)
+        except Exception:  # the SDK calls str(exc) and formats the traceback
+            span.add_event("exception", {"exception.type": type(exc).__qualname__})
+        span.set_status(Status(StatusCode.ERROR, _describe(exc)))
+    except Exception:
+        logger.debug("ctxrelay: could not record a failure on a span", exc_info=True)
+
+
+def end_span(span: Span) -> None:
+    """``span.end()`` that never raises (a span processor's ``on_end`` may)."""
+    try:
+        span.end()
+    except Exception:
+        logger.debug("ctxrelay: a span processor failed at span end", exc_info=True)
 
 
 def end_hop(span: Span, token: object) -> None:
     """Deactivate and end; never raises into the work it wrapped."""
     try:
-        otel_context.detach(token)  # type: ignore[arg-type]
-    finally:
-        span.end()
+        otel_context.detach(token)  # type: ignore[arg-type]  # logs, never raises
+    except Exception:  # pragma: no cover - defensive
+        pass
+    end_span(span)

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode, format_span_id, format_trace_id
 
-from ctxrelay.spans import (
+from ctxrelay.attributes import (
     ATTR_BUS,
     ATTR_DETACHED,
     ATTR_EVENT,

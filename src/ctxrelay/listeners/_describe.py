@@ -7,7 +7,7 @@ import sys
 import weakref
 from typing import Any
 
-from ctxrelay import spans
+from ctxrelay import attributes
 
 __all__ = ["describe", "module_attribute_name", "text", "type_name"]
 
@@ -20,7 +20,7 @@ _repr.maxlevel = 3
 def text(value: Any) -> str:
     """``str(value)`` cut to the attribute limit: for names (events, topics)."""
     result = value if isinstance(value, str) else str(value)
-    return result[: spans.MAX_ATTRIBUTE_LENGTH]
+    return result[: attributes.MAX_ATTRIBUTE_LENGTH]
 
 
 def describe(value: Any) -> str:
@@ -29,13 +29,13 @@ def describe(value: Any) -> str:
         result = _repr.repr(value)
     except Exception:
         result = f"<unrepresentable {type(value).__qualname__}>"
-    return result[: spans.MAX_ATTRIBUTE_LENGTH]
+    return result[: attributes.MAX_ATTRIBUTE_LENGTH]
 
 
 def type_name(obj: Any) -> str:
     """``module.Qualname`` of a class, or of an object's class: identity, never a value."""
     cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"[: spans.MAX_ATTRIBUTE_LENGTH]
+    return f"{cls.__module__}.{cls.__qualname__}"[: attributes.MAX_ATTRIBUTE_LENGTH]
 
 
 _names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()

@@ -1,7 +1,7 @@
 """Listener-dispatch spans: the one place they are recorded.  Every bus module calls this.
 
 One *dispatch* span per publish/send/emit, and one *listener* span per listener call,
-child of the dispatch span (names and keys: :mod:`ctxrelay.spans`, docs/listeners.md).
+child of the dispatch span (names and keys: :mod:`ctxrelay.attributes`, docs/listeners.md).
 A bus module only declares where to hook, with the wrapper factories below:
 
 * :func:`dispatching` / :func:`dispatching_async` go around the dispatch method.  The
@@ -54,10 +54,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
+from ctxrelay import attributes as keys
 from ctxrelay import spans
 from ctxrelay.listeners._describe import describe, module_attribute_name, text, type_name
+from ctxrelay.otel_fast import parent_allows
 from ctxrelay.patching import Wrapper
-from ctxrelay.spans import settings
+from ctxrelay.spans import end_span, settings
 
 __all__ = [
     "Bus",
@@ -152,14 +154,14 @@ class Dispatch:
         except BaseException as exc:
             spans.record_failure(span, exc)
             _close(token, var_token)
-            span.end()
+            end_span(span)
             # A kept traceback keeps this frame: let go of the span and the tokens.
             del started, span, token, var_token
             raise
         _close(token, var_token)
         if inspect.iscoroutine(result):
             return _finish_later(span, result)  # type: ignore[return-value]
-        span.end()
+        end_span(span)
         return result
 
     def _start(
@@ -172,16 +174,16 @@ class Dispatch:
             parent = None if current_context.is_valid else self.context
             thread = threading.current_thread()
             attrs: dict[str, Any] = {
-                spans.ATTR_BUS: self.bus,
-                spans.ATTR_EVENT: self.event,
-                spans.CODE_FUNCTION_NAME: spans.callable_name(fn),
-                spans.ATTR_LISTENER_INDEX: index,
-                spans.THREAD_ID: thread.ident,
-                spans.THREAD_NAME: thread.name[: spans.MAX_ATTRIBUTE_LENGTH],
+                keys.ATTR_BUS: self.bus,
+                keys.ATTR_EVENT: self.event,
+                keys.CODE_FUNCTION_NAME: keys.callable_name(fn),
+                keys.ATTR_LISTENER_INDEX: index,
+                keys.THREAD_ID: thread.ident,
+                keys.THREAD_NAME: thread.name[: keys.MAX_ATTRIBUTE_LENGTH],
             }
             if attributes:
                 attrs.update(attributes)
-            name = spans.LISTENER_SPAN.format(bus=self.bus, listener=spans.short_name(fn))
+            name = keys.LISTENER_SPAN.format(bus=self.bus, listener=keys.short_name(fn))
             span = settings.tracer.start_span(
                 name, context=parent, kind=SpanKind.INTERNAL, attributes=attrs
             )
@@ -204,7 +206,8 @@ class Traced(wrapt.ObjectProxy):
         self._self_dispatch = dispatch
         self._self_index = index
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        # Positional-only ``self``: a listener may take a ``self`` keyword.
         return self._self_dispatch.call(self.__wrapped__, self._self_index, args, kwargs)
 
     def __repr__(self) -> str:
@@ -231,7 +234,7 @@ async def _finish_later(span: Span, coroutine: Coroutine[Any, Any, T]) -> T:
         raise
     finally:
         _close(token, var_token)
-        span.end()
+        end_span(span)
 
 
 # --- the dispatch span ----------------------------------------------------------------
@@ -257,23 +260,23 @@ def _begin(
         # A dispatch is meaningful on its own: a root span when no span is active.
         # The sampled flag, not is_recording(): a parent that already ended (an asyncio
         # done-callback that emits after its dispatch returned) is sampled yet not recording.
-        if not spans.parent_allows(root=True):
+        if not parent_allows(root=True):
             return None
         event = text(bus.event(instance, args, kwargs))
         thread = threading.current_thread()
         attributes: dict[str, Any] = {
-            spans.ATTR_BUS: bus.name,
-            spans.ATTR_EVENT: event,
-            spans.THREAD_ID: thread.ident,
-            spans.THREAD_NAME: thread.name[: spans.MAX_ATTRIBUTE_LENGTH],
+            keys.ATTR_BUS: bus.name,
+            keys.ATTR_EVENT: event,
+            keys.THREAD_ID: thread.ident,
+            keys.THREAD_NAME: thread.name[: keys.MAX_ATTRIBUTE_LENGTH],
         }
         if bus.sender is not None:
             sender = bus.sender(instance, args, kwargs)
             if sender is not None:
-                attributes[spans.ATTR_SENDER] = type_name(sender)
+                attributes[keys.ATTR_SENDER] = type_name(sender)
         if settings.record_payloads and bus.payload is not None:
-            attributes[spans.ATTR_PAYLOAD] = describe(bus.payload(instance, args, kwargs))
-        name = spans.DISPATCH_SPAN.format(bus=bus.name, event=event)
+            attributes[keys.ATTR_PAYLOAD] = describe(bus.payload(instance, args, kwargs))
+        name = keys.DISPATCH_SPAN.format(bus=bus.name, event=event)
         span = settings.tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
         dispatch = Dispatch(bus.name, event, instance, span)
         return dispatch, otel_context.attach(dispatch.context), _current.set(dispatch)
@@ -286,12 +289,12 @@ def _finish(started: _Started, exc: BaseException | None) -> None:
     try:
         _close(token, var_token)
         span = dispatch.span
-        span.set_attribute(spans.ATTR_LISTENERS, dispatch.count)
+        span.set_attribute(keys.ATTR_LISTENERS, dispatch.count)
         if exc is not None:
             spans.record_failure(span, exc)
-        span.end()
     except Exception:  # pragma: no cover - defensive
         pass
+    end_span(dispatch.span)
 
 
 def _restore_pairs(result: Any) -> Any:
@@ -303,19 +306,45 @@ def _restore_pairs(result: Any) -> Any:
     return result
 
 
-def _untraced(wrapped: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-    """Run a dispatch that is not recorded, hiding an outer one from its listener hooks.
+class _Hidden:
+    """The ``with`` form of "hide an outer dispatch from this one's listener hooks".
 
     A context copied during a dispatch (an asyncio done-callback) still names it; an
-    unsampled dispatch of the same bus inside must not add its listeners to it.
+    unrecorded dispatch of the same bus inside must not add its listeners to it.
     """
-    if _current.get() is None:
-        return wrapped(*args, **kwargs)
-    token = _current.set(None)
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        _current.reset(token)
+
+    __slots__ = ("token",)
+
+    def __enter__(self) -> None:
+        self.token = _current.set(None) if _current.get() is not None else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _current.reset(self.token)
+
+
+class _Recorded:
+    """The ``with`` form of a recorded dispatch: ends its span with the outcome."""
+
+    __slots__ = ("started",)
+
+    def __init__(self, started: _Started) -> None:
+        self.started = started
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        _finish(self.started, exc)
+        self.started = None  # type: ignore[assignment]  # a kept traceback must not pin it
+
+
+def _outcome(
+    bus: Bus, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _Hidden | _Recorded:
+    """What a dispatch runs under: recorded (a dispatch span) or hidden from an outer one."""
+    started = _begin(bus, instance, args, kwargs)
+    return _Hidden() if started is None else _Recorded(started)
 
 
 def dispatching(bus: Bus) -> Wrapper:
@@ -326,16 +355,8 @@ def dispatching(bus: Bus) -> Wrapper:
     ) -> Any:
         if not settings.listeners:
             return wrapped(*args, **kwargs)
-        started = _begin(bus, instance, args, kwargs)
-        if started is None:
-            return _untraced(wrapped, args, kwargs)
-        try:
+        with _outcome(bus, instance, args, kwargs):
             result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            _finish(started, exc)
-            started = None
-            raise
-        _finish(started, None)
         return _restore_pairs(result) if bus.pairs else result
 
     return dispatch_wrapper
@@ -366,22 +387,8 @@ async def _dispatch_async(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
-    started = _begin(bus, instance, args, kwargs)
-    if started is None:
-        if _current.get() is None:
-            return await coroutine
-        token = _current.set(None)
-        try:
-            return await coroutine
-        finally:
-            _current.reset(token)
-    try:
+    with _outcome(bus, instance, args, kwargs):
         result = await coroutine
-    except BaseException as exc:
-        _finish(started, exc)
-        started = None
-        raise
-    _finish(started, None)
     return _restore_pairs(result) if bus.pairs else result
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctxrelay import spans
+from ctxrelay import attributes
 from ctxrelay.listeners import _dispatch
 from ctxrelay.patching import Patch
 
@@ -48,7 +48,7 @@ def _listener_of(listener: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 
 def _driver_attributes(listener: Any) -> dict[str, Any] | None:
     driver = listener.event_listener_driver
-    return None if driver is None else {spans.ATTR_LISTENER_DRIVER: _dispatch.type_name(driver)}
+    return None if driver is None else {attributes.ATTR_LISTENER_DRIVER: _dispatch.type_name(driver)}
 
 
 BUS = _dispatch.Bus(

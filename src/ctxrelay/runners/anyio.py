@@ -14,7 +14,8 @@ copy.  With no span to record, ``func`` goes through untouched.
 
 ``WorkerThread`` overrides ``run()`` and lives for many calls (until idle for 10 s):
 started inside a ``run_sync``, the thread patch would pin that call's context (and a
-hop span) for the worker's whole life.  It is exempt from the thread patch.
+hop span) for the worker's whole life.  It is exempt from the thread patch
+(``runners._thread_roles``, whether or not this patch is on).
 
 The trio backend (``trio.to_thread.run_sync`` also copies per call) is not covered.
 """
@@ -33,22 +34,19 @@ RUNNER = "anyio.to_thread"
 
 def _run(hop: spans.Hop, func: Any, *args: Any) -> Any:
     # In the worker thread, inside the copy anyio made for this call.
-    return relay.run_hop(hop, func, args, {}, None, None)
+    return relay.run_hop(hop=hop, fn=func, args=args)
 
 
 def record_hop(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Around ``run_sync_in_worker_thread(func, args, ...)``; runs in the caller's task."""
     if args:
-        hop = spans.hand_over(RUNNER)
+        try:
+            _, hop = relay.hand_over(RUNNER, args[0], carry=False)  # anyio copies itself
+        except Exception:  # pragma: no cover - defensive: anyio runs it, unrecorded
+            hop = None
         if hop is not None:
             return wrapped(functools.partial(_run, hop, args[0]), *args[1:], **kwargs)
     return wrapped(*args, **kwargs)
-
-
-def _exempt_workers(backend: Any) -> None:
-    worker_class = getattr(backend, "WorkerThread", None)
-    if isinstance(worker_class, type):
-        relay.exempt_thread_class(worker_class)
 
 
 PATCHES = (
@@ -57,6 +55,5 @@ PATCHES = (
         "anyio._backends._asyncio",
         "AsyncIOBackend.run_sync_in_worker_thread",
         record_hop,
-        on_apply=_exempt_workers,
     ),
 )

@@ -9,25 +9,31 @@ one copy, one span).  ``asyncio.to_thread`` already runs ``partial(ctx.run, func
 with its own copy: that copy is used as is, and only the hop span is added.
 
 Executors that are not thread pools (``ProcessPoolExecutor``) are passed through: a
-Context cannot be pickled.
+Context cannot be pickled.  So is a coroutine or coroutine function in debug mode:
+``run_in_executor`` raises ``TypeError`` for it there, and that check must see the
+user's callable, not ctxrelay's.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+from asyncio import coroutines
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ctxrelay import relay
 from ctxrelay.patching import Patch
 
-NAME = "asyncio"
-RUNNER = "run_in_executor"
-RUNNER_TO_THREAD = "to_thread"
+logger = logging.getLogger("ctxrelay")
 
 # 3.14's pool keeps the queued callable in a frame that a failed future's traceback
 # keeps (futures.py): the copy must sit in a holder that lets go of it when it runs.
-_hand_over = relay.hand_over_single_use if sys.version_info >= (3, 14) else relay.hand_over
+_relayed = relay.relayed_single_use if sys.version_info >= (3, 14) else relay.relayed
+
+NAME = "asyncio"
+RUNNER = "run_in_executor"
+RUNNER_TO_THREAD = "to_thread"
 
 
 def _is_thread_pool(loop: Any, executor: Any) -> bool:
@@ -41,30 +47,31 @@ def _is_thread_pool(loop: Any, executor: Any) -> bool:
     )
 
 
+def _checked_by_asyncio(loop: Any, func: Any) -> bool:
+    """In debug mode asyncio rejects coroutines here; let it see the user's callable."""
+    return bool(getattr(loop, "_debug", False)) and (
+        coroutines.iscoroutine(func) or coroutines.iscoroutinefunction(func)
+    )
+
+
 def relay_run_in_executor(
     wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    if len(args) >= 2 and not kwargs and _is_thread_pool(instance, args[0]):
-        func = args[1]
-        runner = RUNNER_TO_THREAD if relay.runs_in_own_context(func) else RUNNER
-        return wrapped(args[0], _hand_over(runner, func), *args[2:])
+    if len(args) >= 2 and not kwargs:
+        try:
+            relay_it = _is_thread_pool(instance, args[0]) and not _checked_by_asyncio(
+                instance, args[1]
+            )
+        except Exception:  # a loop or executor that answers attribute lookups oddly
+            logger.debug("ctxrelay: run_in_executor passed through", exc_info=True)
+            relay_it = False
+        if relay_it:
+            func = args[1]
+            runner = RUNNER_TO_THREAD if relay.runs_in_own_context(func) else RUNNER
+            return wrapped(args[0], _relayed(runner, func), *args[2:])
     return wrapped(*args, **kwargs)
 
 
-def _exempt_shutdown_thread(base_events: Any) -> None:
-    # asyncio.run() ends with shutdown_default_executor(), which joins the pool from a
-    # thread of its own: internal plumbing, not the application's work.
-    shutdown = getattr(base_events.BaseEventLoop, "_do_shutdown", None)
-    if shutdown is not None:
-        relay.exempt_thread_target(shutdown)
-
-
 PATCHES = (
-    Patch(
-        NAME,
-        "asyncio.base_events",
-        "BaseEventLoop.run_in_executor",
-        relay_run_in_executor,
-        on_apply=_exempt_shutdown_thread,
-    ),
+    Patch(NAME, "asyncio.base_events", "BaseEventLoop.run_in_executor", relay_run_in_executor),
 )

@@ -19,12 +19,13 @@ work item:
   this module.
 * 3.14's worker runs a task as ``WorkerContext.run(task)``, a frame that a failed
   task's traceback keeps: the copy goes into a single-use holder there
-  (:func:`relay.hand_over_single_use`), never into the task's arguments.
+  (:func:`relay.relayed_single_use`), never into the task's arguments.
 
 Read against 3.14.7's ``concurrent/futures/thread.py`` and ``interpreter.py`` too.
 
-The pool's worker threads are exempt from the thread patch: started inside a
-``submit``, they would otherwise pin that submit's context for their whole life.
+The pool's worker threads are exempt from the thread patch (``runners._thread_roles``,
+whether or not this patch is on): started inside a ``submit``, they would otherwise pin
+that submit's context for their whole life.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ctxrelay import relay
 from ctxrelay.patching import Patch
-from ctxrelay.relay import hand_over_call, hand_over_single_use
+from ctxrelay.relay import relayed_call, relayed_single_use
 
 NAME = "futures"
 RUNNER = "ThreadPoolExecutor"
@@ -46,7 +46,7 @@ def relay_work_item(
     if not kwargs:
         if len(args) == 4:  # 3.10-3.13: (future, fn, args, kwargs)
             future, fn, fn_args, fn_kwargs = args
-            fn, fn_args = hand_over_call(RUNNER, fn, fn_args)
+            fn, fn_args = relayed_call(RUNNER, fn, fn_args)
             return wrapped(future, fn, fn_args, fn_kwargs)
         if len(args) == 2:  # 3.14+: (future, task)
             future, task = args
@@ -57,7 +57,7 @@ def relay_work_item(
                 and not _queued_by_interpreter_pool()
             ):
                 fn, fn_args, fn_kwargs = task
-                return wrapped(future, (hand_over_single_use(RUNNER, fn), fn_args, fn_kwargs))
+                return wrapped(future, (relayed_single_use(RUNNER, fn), fn_args, fn_kwargs))
     return wrapped(*args, **kwargs)
 
 
@@ -95,12 +95,4 @@ def _queued_by_interpreter_pool() -> bool:
     return False
 
 
-def _exempt_workers(pool_module: Any) -> None:
-    relay.exempt_thread_target(pool_module._worker)
-
-
-PATCHES = (
-    Patch(
-        NAME, "concurrent.futures.thread", "_WorkItem", relay_work_item, on_apply=_exempt_workers
-    ),
-)
+PATCHES = (Patch(NAME, "concurrent.futures.thread", "_WorkItem", relay_work_item),)

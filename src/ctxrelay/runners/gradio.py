@@ -23,8 +23,9 @@ event loop, so its ``finally`` blocks run in the queue task's context, not its o
 
 from __future__ import annotations
 
-from ctxrelay import iterators, relay
+from ctxrelay import iterators
 from ctxrelay.patching import Patch
+from ctxrelay.runners._thread_roles import naming_threads
 
 NAME = "gradio"
 RUNNER = "gradio"
@@ -32,5 +33,5 @@ RUNNER = "gradio"
 
 PATCHES = (
     Patch(NAME, "gradio.utils", "run_sync_iterator_async", iterators.stepping_in_own_context),
-    Patch(NAME, "gradio.http_server", "Server.run_in_thread", relay.naming_threads(RUNNER)),
+    Patch(NAME, "gradio.http_server", "Server.run_in_thread", naming_threads(RUNNER)),
 )

@@ -26,13 +26,13 @@ again; excluding ``threading`` stops the propagation itself.
 
 from __future__ import annotations
 
-from ctxrelay import relay
 from ctxrelay.patching import Patch
+from ctxrelay.runners._thread_roles import naming_threads
 
 NAME = "socketserver"
 RUNNER = "socketserver"
 
 
 PATCHES = (
-    Patch(NAME, "socketserver", "ThreadingMixIn.process_request", relay.naming_threads(RUNNER)),
+    Patch(NAME, "socketserver", "ThreadingMixIn.process_request", naming_threads(RUNNER)),
 )

@@ -23,19 +23,22 @@ is built; every public method then puts task tuples ``(job, i, func, args, kwds)
 
 Only ``ThreadPool``'s (inherited) attributes are wrapped: the process-based ``Pool``
 pickles its tasks, and a Context cannot be pickled.  The pool's threads are exempt from
-the thread patch: built inside a request, they would otherwise pin its context for the
-pool's whole life.
+the thread patch (``runners._thread_roles``, whether or not this patch is on): built
+inside a request, they would otherwise pin its context for the pool's whole life.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from contextvars import Context, copy_context
 from typing import Any, Callable, Iterator
 
 from ctxrelay import relay, spans
 from ctxrelay.patching import Patch
+
+logger = logging.getLogger("ctxrelay")
 
 NAME = "thread_pool"
 RUNNER = "ThreadPool"
@@ -47,9 +50,9 @@ def relay_apply_async(
 ) -> Any:
     """Around ``apply_async(func, args=(), kwds={}, ...)``: runs in the caller."""
     if args:
-        return wrapped(relay.hand_over(RUNNER, args[0]), *args[1:], **kwargs)
+        return wrapped(relay.relayed(RUNNER, args[0]), *args[1:], **kwargs)
     if "func" in kwargs:
-        kwargs = dict(kwargs, func=relay.hand_over(RUNNER, kwargs["func"]))
+        kwargs = dict(kwargs, func=relay.relayed(RUNNER, kwargs["func"]))
     return wrapped(*args, **kwargs)
 
 
@@ -59,14 +62,15 @@ def relay_task_generation(
     """Around ``_guarded_task_generation``: called in the caller, iterated elsewhere."""
     tasks = wrapped(*args, **kwargs)
     try:
-        context = relay.capture()
-        hop = spans.hand_over(RUNNER)
+        func = args[1] if len(args) > 1 else kwargs.get("func")
+        context, hop = relay.hand_over(RUNNER, func)
         pool = sys.modules[_MODULE]
         chunked = (pool.mapstar, pool.starmapstar)
         reraise = pool._helper_reraises_exception  # the pool's own error task
     except Exception:  # pragma: no cover - defensive: the tasks run, uncarried
+        logger.debug("ctxrelay: ThreadPool tasks run uncarried", exc_info=True)
         return tasks
-    return _carried(tasks, context, hop, chunked, reraise)
+    return _carried(tasks, context, hop, chunked, reraise)  # type: ignore[arg-type]
 
 
 def _carried(
@@ -108,11 +112,8 @@ def _in_copy(
         args = ((_EachInOwnCopy(user_func), items),)
     if hop is None:
         return functools.partial(copy.run, func, *args, **kwds), (), {}
-    if named is func:
-        return relay.Relayed(func, copy, hop), args, kwds
-    # The span is named after the user's function, not after the pool's ``mapstar``.
-    run = functools.partial(relay.run_hop, hop, func, args, kwds, None, None, named)
-    return relay.Relayed(run, copy, None), (), {}
+    # A chunk's span is named after the user's function, not after the pool's ``mapstar``.
+    return relay.Relayed(func, copy, hop, named=None if named is func else named), args, kwds
 
 
 class _EachInOwnCopy:
@@ -123,24 +124,11 @@ class _EachInOwnCopy:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, /, *args: Any) -> Any:
         return copy_context().run(self.fn, *args)
 
 
-def _exempt_pool_threads(pool: Any) -> None:
-    """Exempt the pool's long-lived threads (``on_apply``: when the module is loaded).
-
-    Not at ``instrument()``: importing ``multiprocessing`` costs about 20 ms to
-    applications that never use it.
-    """
-    relay.exempt_thread_target(pool.worker)
-    for handler in ("_handle_workers", "_handle_tasks", "_handle_results"):
-        relay.exempt_thread_target(getattr(pool.Pool, handler))
-
-
 PATCHES = (
-    Patch(
-        NAME, _MODULE, "ThreadPool.apply_async", relay_apply_async, on_apply=_exempt_pool_threads
-    ),
+    Patch(NAME, _MODULE, "ThreadPool.apply_async", relay_apply_async),
     Patch(NAME, _MODULE, "ThreadPool._guarded_task_generation", relay_task_generation),
 )

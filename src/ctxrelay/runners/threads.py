@@ -18,22 +18,31 @@ Why these hook points, and not ``Thread.start``/``Thread.run``:
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
-from contextvars import Context
+import types
+from contextvars import Context, copy_context
 from typing import Any
 
 from ctxrelay import relay, spans
+from ctxrelay.otel_fast import parent_allows
 from ctxrelay.patching import Patch
+from ctxrelay.runners import _thread_roles
 
 NAME = "threading"
+logger = logging.getLogger("ctxrelay")
 
-#: Where the capture for a thread waits between ``start()`` and its first instruction.
+#: Where the capture for a thread waits between ``start()`` and its first instruction:
+#: ``(context or None, hop or None, what the span is named after, explicit context=)``.
 _CARRIED = "_ctxrelay_carried"
 #: 3.14+: set when ``Thread(context=...)`` was given explicitly (it wins).
 _EXPLICIT = "_ctxrelay_explicit_context"
 
 _HAS_THREAD_CONTEXT = sys.version_info >= (3, 14)
+
+#: The hop span of the thread running here, for the failure hook (see _noting_failures).
+_running = threading.local()
 
 
 def needs_carry(
@@ -59,85 +68,95 @@ def needs_carry(
 
 def runner_of(thread: threading.Thread) -> str:
     # A runner that starts a thread per piece of work (socketserver) names the hop.
-    named = relay.thread_runner_name()
+    named = _thread_roles.runner_name()
     if named is not None:
         return named
     return "Timer" if isinstance(thread, threading.Timer) else "Thread"
 
 
+def _named(thread: threading.Thread) -> Any:
+    """What the span is named after: the target, a Timer's function, or ``run``.
+
+    Read from the instance ``__dict__`` and compared with ``is``: a subclass's
+    ``__getattr__`` or a target's ``__bool__`` may raise.
+    """
+    own = thread.__dict__
+    target = own.get("_target")
+    if target is not None:
+        return target
+    if isinstance(thread, threading.Timer):
+        function = own.get("function")
+        if function is not None:
+            return function
+    return type(thread).run
+
+
+def _forget(thread: threading.Thread | None) -> None:
+    if thread is not None:
+        try:
+            thread.__dict__.pop(_CARRIED, None)
+        except Exception:  # pragma: no cover - defensive
+            pass
+
+
 def _capture_at_start(
     wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """Around ``_start_new_thread(self._bootstrap, ())``: runs in the caller of ``start()``."""
-    function = args[0] if args else kwargs.get("function")
-    thread = getattr(function, "__self__", None)
-    if not isinstance(thread, threading.Thread):
-        return wrapped(*args, **kwargs)
-    explicit = bool(thread.__dict__.pop(_EXPLICIT, False))
-    inherit_flag = bool(getattr(sys.flags, "thread_inherit_context", False))
-    if relay.thread_is_exempt(thread):
-        if inherit_flag and not explicit:
-            # With thread_inherit_context=1, start() has just given this pool worker a
-            # copy of whoever made the pool grow (a submitter, or the pool's builder):
-            # it would keep that for its whole life, a stale snapshot under every task
-            # that the pool does not carry.  It starts empty, as with the flag off.
-            _set_thread_context(thread, Context())
-        return wrapped(*args, **kwargs)
+    """Around ``_start_new_thread(self._bootstrap, ())``: runs in the caller of ``start()``.
+
+    Everything before the real call is guarded: on any failure the thread starts as it
+    would without ctxrelay (nothing carried, one debug log).
+    """
+    thread = None
     try:
-        carry = needs_carry(
-            has_thread_context=_HAS_THREAD_CONTEXT,
-            explicit_context=explicit,
-            inherit_flag=inherit_flag,
-            skipping_vars=relay.skips_vars(),
-        )
-        context = relay.capture() if carry else None
-        if _HAS_THREAD_CONTEXT and context is not None:
-            # 3.14's _bootstrap_inner runs self.run() inside self._context, which
-            # start() has just set to an empty Context() (or, with the flag on, to a
-            # full copy that CTXRELAY_SKIP_VARS must filter): replace it by the copy.
-            _set_thread_context(thread, context)
-            context = None
-        hop = spans.Hop(runner_of(thread)) if spans.should_record() else None
-        # An explicit context= may hold no span at all (Context()): whether the hop has
-        # a parent is only known inside it, in the new thread (see _record_run).
-        thread.__dict__[_CARRIED] = (context, hop, explicit)
-    except Exception:  # pragma: no cover - defensive: the thread still starts
-        thread.__dict__.pop(_CARRIED, None)
+        function = args[0] if args else kwargs.get("function")
+        if type(function) is types.MethodType and isinstance(
+            function.__self__, threading.Thread
+        ):
+            thread = function.__self__
+            explicit = bool(thread.__dict__.pop(_EXPLICIT, False))
+            inherit_flag = bool(getattr(sys.flags, "thread_inherit_context", False))
+            if _thread_roles.is_exempt(thread):
+                if inherit_flag and not explicit:
+                    # With thread_inherit_context=1, start() has just given this pool
+                    # worker a copy of whoever made the pool grow (a submitter, or the
+                    # pool's builder): it would keep that for its whole life, a stale
+                    # snapshot under every task the pool does not carry.  It starts
+                    # empty, as with the flag off.
+                    _set_thread_context(thread, Context())
+                thread = None
+            else:
+                _take_capture(thread, explicit, inherit_flag)
+    except Exception:
+        logger.debug("ctxrelay: could not capture for a thread; it starts uncarried", exc_info=True)
+        _forget(thread)
+        thread = None
     try:
         return wrapped(*args, **kwargs)
     except BaseException:
-        thread.__dict__.pop(_CARRIED, None)  # "can't start new thread": let go of it
+        _forget(thread)  # "can't start new thread": let go of the capture
         raise
 
 
-def _run_in_carried(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Around ``Thread._bootstrap_inner``: runs in the new thread, before anything else."""
-    try:
-        carried = instance.__dict__.pop(_CARRIED, None) if instance is not None else None
-        if carried is None:  # started before instrument(), or exempt (a pool's worker)
-            return wrapped(*args, **kwargs)
-        context, hop, explicit = carried
-        del carried
-        if hop is not None:
-            _record_run(instance, hop, context, explicit)
-        if context is None:
-            return wrapped(*args, **kwargs)
-        try:
-            return context.run(wrapped, *args, **kwargs)
-        finally:
-            # An excepthook that keeps the exception keeps this frame (the traceback's
-            # frames link back to it): it must not pin the carried context.
-            context = None
-    finally:
-        if _HAS_THREAD_CONTEXT and instance is not None:
-            # 3.14 keeps the context a thread ran in on the instance (thread._context)
-            # after run() returned: a finished thread that the application still
-            # references (a list of threads, a kept exception's frames) would pin the
-            # carried copy, or CPython's own with thread_inherit_context=1.  Nothing
-            # reads it once the thread has run (start() refuses a second start).
-            _set_thread_context(instance, None)
+def _take_capture(thread: threading.Thread, explicit: bool, inherit_flag: bool) -> None:
+    carry = needs_carry(
+        has_thread_context=_HAS_THREAD_CONTEXT,
+        explicit_context=explicit,
+        inherit_flag=inherit_flag,
+        skipping_vars=relay.skips_vars(),
+    )
+    named = _named(thread)
+    context, hop = relay.hand_over(runner_of(thread), named, carry=carry)
+    if _HAS_THREAD_CONTEXT and context is not None:
+        # 3.14's _bootstrap_inner runs self.run() inside self._context, which
+        # start() has just set to an empty Context() (or, with the flag on, to a
+        # full copy that CTXRELAY_SKIP_VARS must filter): replace it by the copy.
+        _set_thread_context(thread, context)
+        context = None
+    if context is not None or hop is not None:
+        # An explicit context= may hold no span at all (Context()): whether the hop has
+        # a parent is only known inside it, in the new thread (see _start_span).
+        thread.__dict__[_CARRIED] = (context, hop, named, explicit)
 
 
 def _set_thread_context(thread: threading.Thread, context: Context | None) -> None:
@@ -147,47 +166,124 @@ def _set_thread_context(thread: threading.Thread, context: Context | None) -> No
         pass
 
 
-def _record_run(thread: threading.Thread, hop: spans.Hop, context: Any, explicit: bool) -> None:
-    """Put a span around this thread's ``run()`` for its lifetime.
+def _run_in_carried(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Around ``Thread._bootstrap_inner``: runs in the new thread, before anything else.
 
-    ``_bootstrap_inner`` hands exceptions from ``run()`` to ``threading.excepthook``,
-    so the span must sit around ``run()`` itself to see them: the bound ``run`` is
-    shadowed on the instance (whatever a subclass made of it) and put back after.
+    Nothing may raise before ``wrapped`` runs: ``start()`` waits for the flag that
+    ``_bootstrap_inner`` sets, so a failure here would hang the caller.
+    """
+    try:
+        carried = instance.__dict__.pop(_CARRIED, None)
+    except Exception:  # pragma: no cover - defensive
+        carried = None
+    if carried is None:  # started before instrument(), or exempt (a pool's worker)
+        return wrapped(*args, **kwargs)
+    context, hop, named, explicit = carried
+    del carried
+    if context is None:  # 3.14: the run happens in thread._context
+        try:
+            return _bootstrap(wrapped, args, kwargs, instance, hop, named, explicit, True)
+        finally:
+            # 3.14 keeps the context a thread ran in on the instance (thread._context)
+            # after run() returned: a finished thread that the application still
+            # references (a list of threads, a kept exception's frames) would pin the
+            # carried copy, or CPython's own with thread_inherit_context=1.  Nothing
+            # reads it once the thread has run (start() refuses a second start).
+            _set_thread_context(instance, None)
+    try:
+        return context.run(
+            _bootstrap, wrapped, args, kwargs, instance, hop, named, explicit, False
+        )
+    finally:
+        # An excepthook that keeps the exception keeps this frame (the traceback's
+        # frames link back to it): it must not pin the carried context.
+        context = None
+
+
+def _bootstrap(
+    wrapped: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    thread: threading.Thread,
+    hop: spans.Hop | None,
+    named: Any,
+    explicit: bool,
+    in_thread_context: bool,
+) -> Any:
+    """``_bootstrap_inner`` under the thread's hop span, if there is one.
+
+    The span goes around all of ``_bootstrap_inner``, not around ``run()``: nothing of
+    ctxrelay sits between ``_bootstrap_inner`` and ``run()`` (no instance ``run``
+    attribute, no frame in the traceback ``threading.excepthook`` receives); the
+    failure hook below records what ``run()`` raised.
+    """
+    span = token = None
+    run_in: Any = None
+    if hop is not None:
+        try:
+            if in_thread_context:
+                run_in = thread._context  # type: ignore[attr-defined]
+                span, token = run_in.run(_start_span, hop, named, thread, explicit)
+            else:
+                span, token = _start_span(hop, named, thread, explicit)
+            _running.span = span
+        except Exception:
+            logger.debug("ctxrelay: could not start a thread's hop span", exc_info=True)
+            span = None
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        if span is not None:
+            _running.span = None
+            if run_in is not None:
+                run_in.run(spans.end_hop, span, token)
+            else:
+                spans.end_hop(span, token)
+        span = token = run_in = None
+
+
+def _start_span(
+    hop: spans.Hop, named: Any, thread: threading.Thread, explicit: bool
+) -> tuple[Any, object]:
+    """Start the hop span inside the context the thread runs in.
 
     With an explicit ``Thread(context=...)`` the span is recorded only if that context
     holds a sampled parent: ``Thread(context=Context())`` started under a span would
     otherwise begin a stray one-span trace of its own.
     """
-    run = thread.run
-    # Name the span after what the user wrote: the target, a Timer's function, or run().
-    target = thread.__dict__.get("_target") or getattr(thread, "function", None) or run
-    name = thread.name
-    had_own = "run" in thread.__dict__
-    size = len(context) if context is not None else None
+    if explicit and not parent_allows(root=False):
+        return None, None
+    name = thread.__dict__.get("_name")
+    return spans.start_hop(
+        hop, named, len(copy_context()), name if isinstance(name, str) else "Thread"
+    )
 
-    def run_with_span() -> None:
+
+def _noting_failures(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Around ``threading._make_invoke_excepthook()`` (called by ``Thread.__init__``).
+
+    ``_bootstrap_inner`` hands what ``run()`` raised to the function this returns; the
+    one returned here first records it on the thread's hop span.  ``SystemExit`` is how
+    a thread ends normally (``threading.excepthook`` ignores it): not a failure.
+    """
+    invoke = wrapped(*args, **kwargs)
+
+    def invoke_excepthook(thread: threading.Thread) -> Any:
         try:
-            if explicit and not _has_parent():
-                run()
-            else:
-                relay.run_hop(hop, run, (), {}, size, name, target)
-        finally:
-            if had_own:
-                thread.__dict__["run"] = run
-            else:
-                thread.__dict__.pop("run", None)
+            span = getattr(_running, "span", None)
+            if span is not None:
+                exc = sys.exc_info()[1]
+                if exc is not None and not isinstance(exc, SystemExit):
+                    spans.record_failure(span, exc)
+        except Exception:  # pragma: no cover - defensive
+            pass
+        return invoke(thread)
 
-    try:
-        thread.__dict__["run"] = run_with_span
-    except Exception:  # pragma: no cover - a class without an instance __dict__
-        pass
-
-
-def _has_parent() -> bool:
-    try:
-        return spans.parent_allows(root=False)
-    except Exception:  # pragma: no cover - defensive: record the hop as before
-        return True
+    return invoke_excepthook
 
 
 def _mark_explicit_context(
@@ -204,7 +300,7 @@ def _drop_pending_captures(threading_module: Any) -> None:
     """After ``_bootstrap_inner`` is unwrapped: threads started but not yet running
     would keep their capture on the instance for their whole life, unused."""
     for thread in threading_module.enumerate():
-        thread.__dict__.pop(_CARRIED, None)
+        _forget(thread)
 
 
 _START = (
@@ -222,6 +318,7 @@ PATCHES = (
         _run_in_carried,
         on_remove=_drop_pending_captures,
     ),
+    Patch(NAME, "threading", "_make_invoke_excepthook", _noting_failures),
     Patch(
         NAME,
         "threading",

@@ -1,0 +1,109 @@
+"""The span vocabulary: names, attribute keys and how ctxrelay names a callable.
+
+Every key ctxrelay puts on a span is defined here, and listed in docs/spans.md.
+Nothing here reads settings or OpenTelemetry state: it is words only.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+try:  # semantic conventions >= 0.54b0 have the stable code.* names
+    from opentelemetry.semconv.attributes.code_attributes import CODE_FUNCTION_NAME
+except ImportError:  # pragma: no cover - older semconv releases
+    from opentelemetry.semconv._incubating.attributes.code_attributes import (
+        CODE_FUNCTION_NAME,
+    )
+from opentelemetry.semconv._incubating.attributes.thread_attributes import (
+    THREAD_ID,
+    THREAD_NAME,
+)
+
+__all__ = [
+    "ATTR_BUS",
+    "ATTR_CONTEXT_VARS",
+    "ATTR_DETACHED",
+    "ATTR_EVENT",
+    "ATTR_LISTENERS",
+    "ATTR_LISTENER_DRIVER",
+    "ATTR_LISTENER_INDEX",
+    "ATTR_ORIGIN_THREAD_ID",
+    "ATTR_ORIGIN_THREAD_NAME",
+    "ATTR_PAYLOAD",
+    "ATTR_QUEUE_WAIT_MS",
+    "ATTR_RUNNER",
+    "ATTR_SENDER",
+    "CODE_FUNCTION_NAME",
+    "DISPATCH_SPAN",
+    "LISTENER_SPAN",
+    "MAX_ATTRIBUTE_LENGTH",
+    "THREAD_ID",
+    "THREAD_NAME",
+    "callable_name",
+    "short_name",
+]
+
+# --- hop spans ---------------------------------------------------------------------
+ATTR_RUNNER = "ctxrelay.runner"
+ATTR_ORIGIN_THREAD_ID = "ctxrelay.origin.thread.id"
+ATTR_ORIGIN_THREAD_NAME = "ctxrelay.origin.thread.name"
+ATTR_QUEUE_WAIT_MS = "ctxrelay.queue.wait_ms"
+ATTR_CONTEXT_VARS = "ctxrelay.context.vars"
+ATTR_DETACHED = "ctxrelay.detached"
+
+# --- listener-dispatch spans (docs/listeners.md) -------------------------------------
+ATTR_BUS = "ctxrelay.bus"
+ATTR_EVENT = "ctxrelay.event"
+ATTR_LISTENERS = "ctxrelay.listeners"
+ATTR_LISTENER_INDEX = "ctxrelay.listener.index"
+ATTR_LISTENER_DRIVER = "ctxrelay.listener.driver"
+ATTR_SENDER = "ctxrelay.sender"
+#: only with CTXRELAY_RECORD_PAYLOADS=1: a bounded description of what was dispatched.
+ATTR_PAYLOAD = "ctxrelay.event.payload"
+
+#: One span per dispatch, one per listener call.
+DISPATCH_SPAN = "{bus} dispatch {event}"
+LISTENER_SPAN = "{bus} listener {listener}"
+
+#: Longest string ctxrelay ever puts in an attribute it builds itself.
+MAX_ATTRIBUTE_LENGTH = 256
+
+
+def _through_partials(fn: Any) -> Any:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def callable_name(fn: Any) -> str:
+    """``module.qualname`` of what will run, seen through partials and bound methods.
+
+    Never raises: a user's object may answer attribute lookups in any way (a
+    ``__getattr__`` that raises, a ``__qualname__`` that is not a string).
+    """
+    try:
+        fn = _through_partials(fn)
+        qualname = getattr(fn, "__qualname__", None)
+        if not isinstance(qualname, str):
+            cls = type(fn)
+            qualname = f"{cls.__qualname__}.__call__"
+            module: Any = cls.__module__
+        else:
+            module = getattr(fn, "__module__", None)
+        name = f"{module}.{qualname}" if isinstance(module, str) and module else qualname
+        return name[:MAX_ATTRIBUTE_LENGTH]
+    except Exception:
+        return type(fn).__qualname__[:MAX_ATTRIBUTE_LENGTH]
+
+
+def short_name(fn: Any) -> str:
+    """The last part of the qualified name, for span names (never raises)."""
+    try:
+        fn = _through_partials(fn)
+        name = getattr(fn, "__name__", None)
+        if not isinstance(name, str) or not name:
+            name = type(fn).__name__
+        return name[:MAX_ATTRIBUTE_LENGTH]
+    except Exception:
+        return type(fn).__name__[:MAX_ATTRIBUTE_LENGTH]

@@ -1,0 +1,163 @@
+"""Which threads never capture a context, and which runner a started thread's hop names.
+
+Not a runner (it is in no table): the registries the thread runner consults at every
+``Thread.start()``, and that other runners feed.
+
+**Threads that serve many pieces of work never capture.**  A pool worker, a pool's
+handler threads, a queue's feeder thread live for many tasks: a context captured when
+one is started would pin whatever the starting request held for the thread's whole
+life (a leak, a stale snapshot, and a hop span that never ends).  Pools carry the
+context per task instead.  They are recognised by *name* (the target function's or the
+thread class's module and qualified name), so that:
+
+* the exemption holds whatever is included or excluded (``CTXRELAY_EXCLUDE=futures``
+  leaves ``ThreadPoolExecutor`` workers exempt: the pool's own patch need not be on);
+* it survives ``importlib.reload`` of the pool's module (new function objects, same
+  names);
+* nothing is imported to register it.
+
+The list (read against CPython 3.10-3.13 and anyio 4.16; docs/runners.md lists it):
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+from typing import Any, Callable, TypeVar
+
+__all__ = [
+    "EXEMPT_CLASSES",
+    "EXEMPT_TARGETS",
+    "exempt_class",
+    "exempt_target",
+    "is_exempt",
+    "naming_threads",
+    "runner_name",
+    "threads_started_as",
+]
+
+T = TypeVar("T")
+
+#: ``(module, qualname)`` of thread targets that serve many pieces of work.
+EXEMPT_TARGETS: set[tuple[str, str]] = {
+    # concurrent.futures.ThreadPoolExecutor's workers
+    ("concurrent.futures.thread", "_worker"),
+    # multiprocessing.pool.ThreadPool: workers and the three handler threads
+    ("multiprocessing.pool", "worker"),
+    ("multiprocessing.pool", "Pool._handle_workers"),
+    ("multiprocessing.pool", "Pool._handle_tasks"),
+    ("multiprocessing.pool", "Pool._handle_results"),
+    # multiprocessing.Queue's feeder thread (also under ProcessPoolExecutor's queues)
+    ("multiprocessing.queues", "Queue._feed"),
+    # multiprocessing's fd/handle sharing server, and a manager's server threads
+    ("multiprocessing.resource_sharer", "_ResourceSharer._serve"),
+    ("multiprocessing.managers", "Server.accepter"),
+    ("multiprocessing.managers", "Server.handle_request"),
+    # logging.handlers.QueueListener
+    ("logging.handlers", "QueueListener._monitor"),
+    # asyncio.run()'s shutdown_default_executor() helper (and anyio's copy for 3.10)
+    ("asyncio.base_events", "BaseEventLoop._do_shutdown"),
+    ("anyio._backends._asyncio", "_shutdown_default_executor.<locals>._do_shutdown"),
+    # asyncio's ThreadedChildWatcher: one waitpid thread per subprocess (3.8-3.13)
+    ("asyncio.unix_events", "ThreadedChildWatcher._do_waitpid"),
+    # anyio: the blocking portal's event loop (anyio gives it an empty context on
+    # 3.14 itself) and the socket selector thread
+    ("anyio.from_thread", "start_blocking_portal.<locals>.run_blocking_portal"),
+    ("anyio._core._asyncio_selector_thread", "Selector.run"),
+}
+
+#: ``(module, qualname)`` of thread classes that serve many pieces of work.
+EXEMPT_CLASSES: set[tuple[str, str]] = {
+    # ProcessPoolExecutor's manager thread (3.9+)
+    ("concurrent.futures.process", "_ExecutorManagerThread"),
+    # anyio.to_thread's workers (anyio copies the context per call itself)
+    ("anyio._backends._asyncio", "WorkerThread"),
+    # logging.config.listen()'s server thread
+    ("logging.config", "listen.<locals>.Server"),
+}
+
+
+def _name_of(fn: Any) -> tuple[str, str] | None:
+    """``(module, qualname)`` of a plain function or method, else None.
+
+    Only functions are looked at: a user's callable object may answer attribute
+    lookups in any way (``__getattr__`` raising), and is never a pool's worker.
+    """
+    if type(fn) is types.MethodType:
+        fn = fn.__func__
+    if type(fn) is types.FunctionType:
+        return fn.__module__, fn.__qualname__
+    return None
+
+
+def exempt_target(fn: Callable[..., Any]) -> None:
+    """Threads whose ``target`` is ``fn`` (by name) never capture."""
+    name = _name_of(fn)
+    if name is not None:
+        EXEMPT_TARGETS.add(name)
+
+
+def exempt_class(cls: type) -> None:
+    """Threads of exactly this class (by name) never capture."""
+    EXEMPT_CLASSES.add((cls.__module__, cls.__qualname__))
+
+
+def is_exempt(thread: threading.Thread) -> bool:
+    """True for a thread that must not capture its starter's context.
+
+    Besides the lists above: the OpenTelemetry SDK's own threads (batch span
+    processor, metric readers), whose spans about exporting spans would recurse.
+    """
+    cls = type(thread)
+    if (cls.__module__, cls.__qualname__) in EXEMPT_CLASSES:
+        return True
+    name = _name_of(thread.__dict__.get("_target"))
+    if name is None:
+        return False
+    return name in EXEMPT_TARGETS or name[0].startswith("opentelemetry.")
+
+
+# --- threads started on behalf of another runner ------------------------------------
+# Some runners hand work over by starting a thread (a server's thread per request):
+# the thread patch carries the context, and the runner only names the hop.
+_thread_runner = threading.local()
+
+
+class threads_started_as:  # used as a context manager, like a function
+    """Name the hop of the threads this thread starts inside the ``with`` block.
+
+    ``with threads_started_as("socketserver"): ...``: their hop spans report that runner
+    instead of ``Thread``.  Propagation itself is the thread patch's, unchanged.
+    """
+
+    __slots__ = ("previous", "runner")
+
+    def __init__(self, runner: str) -> None:
+        self.runner = runner
+        self.previous: str | None = None
+
+    def __enter__(self) -> None:
+        self.previous = getattr(_thread_runner, "name", None)
+        _thread_runner.name = self.runner
+
+    def __exit__(self, *exc: object) -> None:
+        _thread_runner.name = self.previous
+
+
+def naming_threads(
+    runner: str,
+) -> Callable[[Callable[..., T], Any, tuple[Any, ...], dict[str, Any]], T]:
+    """A wrapt wrapper: threads started during the wrapped call get hops named ``runner``."""
+
+    def wrapper(
+        wrapped: Callable[..., T], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        with threads_started_as(runner):
+            return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+def runner_name() -> str | None:
+    """The runner named by an enclosing :class:`threads_started_as` in this thread."""
+    return getattr(_thread_runner, "name", None)

@@ -97,9 +97,7 @@ def submit_side(rows: list[Row]) -> None:
         "same through ctxrelay's patch (all of it)",
         lambda: lambda: patched(future, noop, (), {}),
     )
-    measure(
-        rows, group, "`relay.relayed(runner, fn)`", lambda: lambda: relay.relayed(RUNNER, noop)
-    )
+    measure(rows, group, "`relay.relayed(runner, fn)`", lambda: lambda: relay.relayed(RUNNER, noop))
     measure(rows, group, "`copy_context()`", lambda: lambda: copy_context())
     context = copy_context()
     measure(rows, group, "`partial(context.run, fn)`", lambda: lambda: partial(context.run, noop))
@@ -193,7 +191,12 @@ def hop_span(rows: list[Row], tracer: trace.Tracer) -> None:
         )
         hop = spans.admit(RUNNER)
         name = threading.current_thread().name
-        measure(rows, group, "`attributes.callable_name(fn)`", lambda: lambda: attributes.callable_name(noop))
+        measure(
+            rows,
+            group,
+            "`attributes.callable_name(fn)`",
+            lambda: lambda: attributes.callable_name(noop),
+        )
 
         def start_end() -> None:
             span, token = spans.start_hop(hop, noop, 3, name)

@@ -90,7 +90,9 @@ def _run_all(tracer: trace.Tracer) -> dict[str, dict[str, str]]:
 
 
 def _hops(exporter) -> list:
-    return [s for s in exporter.get_finished_spans() if attributes.ATTR_RUNNER in (s.attributes or {})]
+    return [
+        s for s in exporter.get_finished_spans() if attributes.ATTR_RUNNER in (s.attributes or {})
+    ]
 
 
 def _jobs_under_request(exporter) -> dict[str, bool]:

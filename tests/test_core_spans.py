@@ -174,7 +174,9 @@ def test_sdk_own_threads_produce_no_spans_and_shutdown_does_not_hang(exporter, t
         assert provider.force_flush(5000)
     provider.shutdown()  # joins the processor's worker thread
     assert [s.name for s in local.get_finished_spans()] == ["one"]
-    hops = [s for s in exporter.get_finished_spans() if attributes.ATTR_RUNNER in (s.attributes or {})]
+    hops = [
+        s for s in exporter.get_finished_spans() if attributes.ATTR_RUNNER in (s.attributes or {})
+    ]
     assert hops == [], [h.name for h in hops]
 
 

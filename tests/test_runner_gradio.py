@@ -224,7 +224,10 @@ def test_handler_spans_are_children_of_hop_spans(
     (generator_span,) = spans_named(exporter, "generator handler")
     first_step = parent_of(generator_span, exporter)
     assert _runner(first_step) == "anyio.to_thread"
-    assert first_step.attributes[attributes.CODE_FUNCTION_NAME] == "gradio.utils.run_sync_iterator_async"
+    assert (
+        first_step.attributes[attributes.CODE_FUNCTION_NAME]
+        == "gradio.utils.run_sync_iterator_async"
+    )
 
     traces = {s.context.trace_id for s in (async_span, sync_span, generator_span)}
     assert traces == {launch.context.trace_id}

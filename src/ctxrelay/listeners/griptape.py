@@ -48,7 +48,9 @@ def _listener_of(listener: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 
 def _driver_attributes(listener: Any) -> dict[str, Any] | None:
     driver = listener.event_listener_driver
-    return None if driver is None else {attributes.ATTR_LISTENER_DRIVER: _dispatch.type_name(driver)}
+    return (
+        None if driver is None else {attributes.ATTR_LISTENER_DRIVER: _dispatch.type_name(driver)}
+    )
 
 
 BUS = _dispatch.Bus(

@@ -33,6 +33,4 @@ NAME = "socketserver"
 RUNNER = "socketserver"
 
 
-PATCHES = (
-    Patch(NAME, "socketserver", "ThreadingMixIn.process_request", naming_threads(RUNNER)),
-)
+PATCHES = (Patch(NAME, "socketserver", "ThreadingMixIn.process_request", naming_threads(RUNNER)),)

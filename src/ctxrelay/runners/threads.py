@@ -110,9 +110,7 @@ def _capture_at_start(
     thread = None
     try:
         function = args[0] if args else kwargs.get("function")
-        if type(function) is types.MethodType and isinstance(
-            function.__self__, threading.Thread
-        ):
+        if type(function) is types.MethodType and isinstance(function.__self__, threading.Thread):
             thread = function.__self__
             explicit = bool(thread.__dict__.pop(_EXPLICIT, False))
             inherit_flag = bool(getattr(sys.flags, "thread_inherit_context", False))
@@ -193,9 +191,7 @@ def _run_in_carried(
             # reads it once the thread has run (start() refuses a second start).
             _set_thread_context(instance, None)
     try:
-        return context.run(
-            _bootstrap, wrapped, args, kwargs, instance, hop, named, explicit, False
-        )
+        return context.run(_bootstrap, wrapped, args, kwargs, instance, hop, named, explicit, False)
     finally:
         # An excepthook that keeps the exception keeps this frame (the traceback's
         # frames link back to it): it must not pin the carried context.

@@ -38,7 +38,8 @@ test: venv phoenix
 test-slow: venv phoenix
 	CTXRELAY_RUN_SLOW=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The core-level suites on every CPython 3.10-3.13 under pyenv and on wrapt 1.17 / 2.x,
+# The suite (all but e2e; what needs a framework skips itself) on every CPython 3.10-3.13
+# under pyenv and on wrapt 1.17 / 2.x,
 # each in its own light venv (.venv-3.1x, .venv-wrapt1, .venv-wrapt2): see .ci/run.
 matrix:
 	PYTHON=$(PYTHON) .ci/run matrix

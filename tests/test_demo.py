@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -18,6 +19,11 @@ HANDLERS = (
     "asyncio run_in_executor",
     "FastAPI def endpoint",
     "FastAPI async endpoint",
+)
+_MISSING = [m for m in ("fastapi", "uvicorn", "httpx") if importlib.util.find_spec(m) is None]
+#: The demo app itself is a FastAPI app served by uvicorn and called with httpx.
+needs_frameworks = pytest.mark.skipif(
+    bool(_MISSING), reason=f"{', '.join(_MISSING)} not installed (the frameworks extra)"
 )
 
 
@@ -39,6 +45,7 @@ def _row(stdout: str, handler: str) -> str:
     return line
 
 
+@needs_frameworks
 def test_without_ctxrelay_the_listeners_are_lost_and_with_it_they_are_there() -> None:
     without = _run([sys.executable, str(APP)], _env())
     assert "ctxrelay OFF" in without.stdout
@@ -68,6 +75,7 @@ def test_without_ctxrelay_the_listeners_are_lost_and_with_it_they_are_there() ->
     assert re.search(r"\[uvicorn-server → AnyIO worker thread, waited", trees)
 
 
+@needs_frameworks
 def test_ctxrelay_demo_runs_both_and_without_really_is_without() -> None:
     # Even with ctxrelay switched on in the shell, the first run must be plain.
     done = _run([sys.executable, "-m", "ctxrelay.cli", "demo"], _env(CTXRELAY_ENABLED="1"))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 
-import blinker
 import pytest
+
+pytest.importorskip("blinker", reason="blinker is not installed (the frameworks extra)")
+import blinker
 
 import ctxrelay
 from ctxrelay import attributes as keys

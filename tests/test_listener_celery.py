@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
+pytest.importorskip("celery", reason="celery is not installed (the frameworks extra)")
 from celery import signals
 from celery.utils.dispatch import Signal
 

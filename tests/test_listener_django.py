@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import django
 import pytest
+
+pytest.importorskip("django", reason="django is not installed (the frameworks extra)")
+import django
 from django.conf import settings
 
 if not settings.configured:

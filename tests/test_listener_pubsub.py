@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+
+pytest.importorskip("pubsub", reason="pypubsub is not installed (the frameworks extra)")
 from pubsub import pub
 
 import ctxrelay

@@ -6,6 +6,8 @@ import asyncio
 import threading
 
 import pytest
+
+pytest.importorskip("pyee", reason="pyee is not installed (the frameworks extra)")
 from pyee import EventEmitter
 from pyee.asyncio import AsyncIOEventEmitter
 from pyee.executor import ExecutorEventEmitter

@@ -93,6 +93,7 @@ def test_wheel_install_ships_the_hook(tmp_path: Path, app_dir: Path) -> None:
         ).strip()
     )
     assert (purelib / PTH_NAME).read_text() == (ROOT / "src" / PTH_NAME).read_text()
+    assert (purelib / "ctxrelay" / "py.typed").is_file(), "type checkers read ctxrelay's hints"
     # Dependencies from this venv, appended after the fresh site-packages (a plain path
     # line: the .pth files of that directory, including its editable ctxrelay, are not read).
     (purelib / "deps.pth").write_text(site.getsitepackages()[0] + "\n")

@@ -11,7 +11,7 @@ from typing import Iterable
 
 from opentelemetry.trace import TracerProvider
 
-from ctxrelay import config, patching, relay, spans, table
+from ctxrelay import config, left_behind, patching, relay, spans, table
 
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
 
@@ -69,6 +69,7 @@ def instrument(
             settings.record_payloads if record_payloads is None else record_payloads,
         )
         relay.skip_vars(frozenset(settings.skip_vars if skip_vars is None else skip_vars))
+        left_behind.watch()  # variables that belong to their thread are never carried
         selected = _select(settings, include, exclude)
         if selected == _selected:
             return

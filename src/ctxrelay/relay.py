@@ -28,7 +28,7 @@ import threading
 from contextvars import Context, copy_context
 from typing import Any, Callable, ParamSpec, TypeVar
 
-from ctxrelay import spans
+from ctxrelay import left_behind, spans
 from ctxrelay.spans import settings as _span_settings
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "bind",
     "capture",
     "hand_over",
+    "leaves_vars_behind",
     "relayed",
     "relayed_call",
     "relayed_single_use",
@@ -53,9 +54,6 @@ _BuiltinMethod: Any = type(Context().run)  # Any: `type(x) is` must not narrow x
 _Partial = functools.partial
 _run_in: Callable[..., Any] = Context.run
 
-#: ContextVar names that are never carried into another thread (CTXRELAY_SKIP_VARS).
-_skipped_var_names: frozenset[str] = frozenset()
-
 #: ``observer(runner, fn, context, hop)``: told of every hand-over, in the origin thread,
 #: after the decision (``context`` None when the runner copies for itself, ``hop`` None
 #: when no span is recorded).  None when nothing observes: one check per hand-over.
@@ -63,15 +61,18 @@ Observer = Callable[[str, Any, "Context | None", "spans.Hop | None"], None]
 _observer: Observer | None = None
 
 #: True while :func:`hand_over` would do nothing but ``copy_context()`` when hop spans
-#: are off: no observer, no variable to leave behind.  The front ends then copy inline
-#: and save the hot path a Python call (``submit`` is the hottest path ctxrelay has);
-#: the result is exactly what :func:`hand_over` would return.
+#: are off: no observer, no variable to leave behind (:mod:`ctxrelay.left_behind`).
+#: The front ends then copy inline and save the hot path a Python call (``submit`` is
+#: the hottest path ctxrelay has); the result is exactly what :func:`hand_over` returns.
 _only_copy = True
 
 
 def _refresh() -> None:
     global _only_copy
-    _only_copy = _observer is None and not _skipped_var_names
+    _only_copy = _observer is None and left_behind.nothing
+
+
+left_behind.on_change = _refresh
 
 
 def set_observer(observer: Observer | None) -> None:
@@ -83,31 +84,24 @@ def set_observer(observer: Observer | None) -> None:
 
 def skip_vars(names: frozenset[str]) -> None:
     """Never carry ContextVars with these names; they start at their default."""
-    global _skipped_var_names
-    _skipped_var_names = frozenset(names)
-    _refresh()
+    left_behind.configure_skipped(frozenset(names))
 
 
-def skips_vars() -> bool:
-    """Whether CTXRELAY_SKIP_VARS names any variable (a full copy would carry them)."""
-    return bool(_skipped_var_names)
+def leaves_vars_behind() -> bool:
+    """Whether some variable is never carried (a full copy would carry it)."""
+    return not left_behind.nothing
 
 
 def capture() -> Context:
-    """A private copy of the caller's context, less the variables the user excluded."""
+    """A private copy of the caller's context, less what must not be carried.
+
+    (Variables that belong to their thread, and those the user excluded:
+    :mod:`ctxrelay.left_behind`.)
+    """
     context = copy_context()
-    if _skipped_var_names:
-        context = _without_skipped(context)
+    if not left_behind.nothing:
+        context = left_behind.leave_behind(context)
     return context
-
-
-def _without_skipped(context: Context) -> Context:
-    # A Context cannot forget a variable, so build a new one with the rest.
-    kept = Context()
-    for var, value in context.items():
-        if var.name not in _skipped_var_names:
-            kept.run(var.set, value)
-    return kept
 
 
 def hand_over(
@@ -119,12 +113,7 @@ def hand_over(
     3.14 that inherits it): only the span is decided.  May raise; the front ends below
     and every runner turn any failure into "hand the work over unchanged".
     """
-    if carry:
-        context: Context | None = copy_context()
-        if _skipped_var_names:
-            context = _without_skipped(context)  # type: ignore[arg-type]
-    else:
-        context = None
+    context = capture() if carry else None
     hop = spans.admit(runner) if _span_settings.hops else None
     if _observer is not None:
         _tell_observer(runner, fn, context, hop)

@@ -47,8 +47,15 @@ __all__ = ["Hop", "admit", "end_hop", "end_span", "record_failure", "settings", 
 logger = logging.getLogger("ctxrelay")
 
 #: How a piece of work normally ends without being a failure: a generator step that
-#: finds the generator exhausted.
+#: finds the generator exhausted (runners add their framework's own form of it).
 NORMAL_ENDS: tuple[type[BaseException], ...] = (StopIteration, StopAsyncIteration)
+
+
+def add_normal_end(kind: type[BaseException]) -> None:
+    """``kind`` ends a piece of work normally: never an error on a span."""
+    global NORMAL_ENDS
+    if kind not in NORMAL_ENDS:
+        NORMAL_ENDS = (*NORMAL_ENDS, kind)
 
 
 class _Settings:

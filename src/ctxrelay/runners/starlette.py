@@ -20,9 +20,28 @@ call; the anyio runner records those hops.  A server in a background thread
 
 from __future__ import annotations
 
-from ctxrelay import iterators
+from typing import Any
+
+from ctxrelay import iterators, spans
 from ctxrelay.patching import Patch
 
 NAME = "starlette"
 
-PATCHES = (Patch(NAME, "starlette.concurrency", "_next", iterators.stepping_in_own_context),)
+
+def _stop_is_normal(concurrency: Any) -> None:
+    # ``_next`` turns the generator's StopIteration into starlette's own _StopIteration
+    # (a StopIteration cannot leave a thread through anyio): the normal end of a stream.
+    stop = getattr(concurrency, "_StopIteration", None)
+    if isinstance(stop, type) and issubclass(stop, BaseException):
+        spans.add_normal_end(stop)
+
+
+PATCHES = (
+    Patch(
+        NAME,
+        "starlette.concurrency",
+        "_next",
+        iterators.stepping_in_own_context,
+        on_apply=_stop_is_normal,
+    ),
+)

@@ -50,20 +50,21 @@ def needs_carry(
     has_thread_context: bool,
     explicit_context: bool,
     inherit_flag: bool,
-    skipping_vars: bool = False,
+    leaving_vars_behind: bool = False,
 ) -> bool:
     """Whether ctxrelay must put a copy of the caller's context into a starting thread.
 
     Before 3.14 always.  On 3.14+ an explicit ``context=`` wins (ctxrelay only records
     the hop span), and ``start()`` already copies the caller's context when
-    ``sys.flags.thread_inherit_context`` is on: no second copy then, unless
-    ``CTXRELAY_SKIP_VARS`` names variables that CPython's full copy would carry.
+    ``sys.flags.thread_inherit_context`` is on: no second copy then, unless some
+    variable must be left behind (:mod:`ctxrelay.left_behind`) that CPython's full
+    copy would carry.
     """
     if not has_thread_context:
         return True
     if explicit_context:
         return False
-    return not inherit_flag or skipping_vars
+    return not inherit_flag or leaving_vars_behind
 
 
 def runner_of(thread: threading.Thread) -> str:
@@ -141,7 +142,7 @@ def _take_capture(thread: threading.Thread, explicit: bool, inherit_flag: bool) 
         has_thread_context=_HAS_THREAD_CONTEXT,
         explicit_context=explicit,
         inherit_flag=inherit_flag,
-        skipping_vars=relay.skips_vars(),
+        leaving_vars_behind=relay.leaves_vars_behind(),
     )
     named = _named(thread)
     context, hop = relay.hand_over(runner_of(thread), named, carry=carry)

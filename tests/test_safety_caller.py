@@ -1,0 +1,182 @@
+"""Host safety, the caller's side: whatever object a user hands over, ``start()``,
+``submit()`` and friends behave as they do without ctxrelay (no crash, no hang).
+
+Each test runs the same scenario bare and instrumented (under a sampled span, so the
+span code runs too) and compares what the caller got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.pool import ThreadPool
+from typing import Any, Callable
+
+import attrs
+import pydantic
+import pytest
+
+from safety_support import HANG, Outcome, assert_same, differential, without_hanging
+
+
+@dataclasses.dataclass
+class DataclassTarget:  # eq=True: __hash__ is None, the instance is unhashable
+    calls: list[int]
+
+    def __call__(self) -> str:
+        self.calls.append(1)
+        return "dataclass"
+
+
+class PydanticTarget(pydantic.BaseModel):  # not frozen: unhashable
+    calls: Any  # Any: pydantic keeps the very list (a list[int] field would copy it)
+
+    def __call__(self) -> str:
+        self.calls.append(1)
+        return "pydantic"
+
+
+@attrs.define
+class AttrsTarget:  # attrs' eq=True default: unhashable
+    calls: list[int]
+
+    def __call__(self) -> str:
+        self.calls.append(1)
+        return "attrs"
+
+
+class RaisingGetattr:
+    """Any attribute it does not have raises something other than AttributeError."""
+
+    def __init__(self, calls: list[int]) -> None:
+        self.calls = calls
+
+    def __call__(self) -> str:
+        self.calls.append(1)
+        return "getattr"
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"no {name} here")
+
+
+class RaisingBool:
+    def __init__(self, calls: list[int]) -> None:
+        self.calls = calls
+
+    def __call__(self) -> str:
+        self.calls.append(1)
+        return "bool"
+
+    def __bool__(self) -> bool:
+        raise RuntimeError("no truth value")
+
+
+TARGETS: dict[str, Callable[[list[int]], Any]] = {
+    "dataclass": DataclassTarget,
+    "pydantic": lambda calls: PydanticTarget(calls=calls),
+    "attrs": AttrsTarget,
+    "__getattr__ raises": RaisingGetattr,
+    "__bool__ raises": RaisingBool,
+}
+
+
+def _thread(make: Callable[[list[int]], Any]) -> Outcome:
+    calls: list[int] = []
+    try:
+        # Thread() itself reads target.__name__ (3.10+), as without ctxrelay
+        thread = threading.Thread(target=make(calls))
+        without_hanging(thread.start)
+    except Exception as exc:  # the outcome to compare
+        return Outcome(exception=exc, runs=len(calls))
+    thread.join(HANG)
+    return Outcome(runs=len(calls), extra={"alive": thread.is_alive()})
+
+
+def _timer(make: Callable[[list[int]], Any]) -> Outcome:
+    calls: list[int] = []
+    timer = threading.Timer(0, make(calls))
+    without_hanging(timer.start)
+    timer.join(HANG)
+    return Outcome(runs=len(calls))
+
+
+def _submit(make: Callable[[list[int]], Any]) -> Outcome:
+    calls: list[int] = []
+    with ThreadPoolExecutor(1) as pool:
+        value = pool.submit(make(calls)).result(HANG)
+    return Outcome(value=value, runs=len(calls))
+
+
+def _apply_async(make: Callable[[list[int]], Any]) -> Outcome:
+    calls: list[int] = []
+    with ThreadPool(1) as pool:
+        value = pool.apply_async(make(calls)).get(HANG)
+    return Outcome(value=value, runs=len(calls))
+
+
+def _run_in_executor(make: Callable[[list[int]], Any]) -> Outcome:
+    calls: list[int] = []
+
+    async def main() -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, make(calls))
+
+    return Outcome(value=asyncio.run(main()), runs=len(calls))
+
+
+RUNNERS = {
+    "Thread": _thread,
+    "Timer": _timer,
+    "submit": _submit,
+    "ThreadPool.apply_async": _apply_async,
+    "run_in_executor": _run_in_executor,
+}
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_any_callable_is_handed_over_as_without_ctxrelay(runner: str, target: str) -> None:
+    scenario = RUNNERS[runner]
+    bare, instrumented = differential(lambda: scenario(TARGETS[target]))
+    assert_same(bare, instrumented)
+    if not (runner == "Thread" and target == "__getattr__ raises"):
+        assert bare.runs == 1, bare  # (Thread() itself fails on that one, bare too)
+
+
+class RaisingGetattrThread(threading.Thread):
+    """A Thread subclass whose missing attributes raise something other than AttributeError."""
+
+    def __init__(self, calls: list[int]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def run(self) -> None:
+        self.calls.append(1)
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"no {name} here")
+
+
+class RaisingBoolThread(RaisingGetattrThread):
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)
+
+    def __bool__(self) -> bool:
+        raise RuntimeError("no truth value")
+
+
+@pytest.mark.parametrize("cls", [RaisingGetattrThread, RaisingBoolThread])
+def test_thread_subclass_with_hostile_attributes_starts_and_runs(cls: type) -> None:
+    """Under a recording span, start() used to hang: ctxrelay failed in _bootstrap_inner."""
+
+    def scenario() -> Outcome:
+        calls: list[int] = []
+        thread = cls(calls)
+        without_hanging(thread.start)
+        thread.join(HANG)
+        return Outcome(runs=len(calls), extra={"alive": thread.is_alive()})
+
+    bare, instrumented = differential(scenario)
+    assert bare == Outcome(runs=1, extra={"alive": False})
+    assert instrumented == bare

@@ -240,6 +240,43 @@ def hop_span(rows: list[Row], tracer: trace.Tracer) -> None:
     ctxrelay.uninstrument()
 
 
+def skip_vars(rows: list[Row]) -> None:
+    """What CTXRELAY_SKIP_VARS costs per hand-over, against the size of the context.
+
+    Measured inside a context of N variables (one copy per call, as every hop makes):
+    no name matching, and one matching variable present.
+    """
+    from contextvars import Context, ContextVar
+
+    import ctxrelay
+    from ctxrelay import relay
+
+    for size in (10, 1_000):
+        group = f"CTXRELAY_SKIP_VARS, {size:,} variables in the context"
+        context = Context()
+        variables = [ContextVar(f"bench_var_{i}", default=None) for i in range(size)]
+        for var in variables:
+            context.run(var.set, 1)
+        measure(
+            rows, group, "`copy_context()` (bare)", lambda c=context: lambda: c.run(copy_context)
+        )
+        ctxrelay.instrument(spans=False, listener_spans=False, skip_vars=["bench_no_such_var"])
+        measure(
+            rows,
+            group,
+            "`relay.capture()`, no name matches",
+            lambda c=context: lambda: c.run(relay.capture),
+        )
+        ctxrelay.instrument(spans=False, listener_spans=False, skip_vars=["bench_var_0"])
+        measure(
+            rows,
+            group,
+            "`relay.capture()`, one variable skipped",
+            lambda c=context: lambda: c.run(relay.capture),
+        )
+        ctxrelay.uninstrument()
+
+
 def main() -> None:
     sampled = TracerProvider(sampler=ParentBased(ALWAYS_ON))
     sampled.add_span_processor(BatchSpanProcessor(DroppingExporter()))
@@ -253,6 +290,7 @@ def main() -> None:
     submit_side(rows)
     span_checks(rows, unsampled_tracer)
     hop_span(rows, tracer)
+    skip_vars(rows)
     sampled.shutdown()
     json.dump(rows, sys.stdout)
     sys.stdout.write("\n")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -178,13 +179,22 @@ def run_server_until_probe(
     )
     lines: list[str] = []
     deadline = time.monotonic() + TIMEOUT
+    # A reader thread, not select() on the pipe: readline() buffers whatever arrived
+    # with the line it returns, and select() then waits for more while the probe line
+    # already sits in that buffer.
+    received: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    reader = threading.Thread(
+        target=lambda: [received.put(line) for line in proc.stdout] + [received.put("")],  # type: ignore[union-attr]
+        daemon=True,
+    )
+    reader.start()
     try:
-        assert proc.stdout is not None
         while (remaining := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([proc.stdout], [], [], remaining)
-            if not ready:
+            try:
+                line = received.get(timeout=remaining)
+            except queue.Empty:
                 break  # silent until the deadline
-            line = proc.stdout.readline()
             if not line:
                 break  # exited
             lines.append(line)

@@ -50,6 +50,7 @@ VALIDATED: dict[str, tuple[str, ...] | None] = {
     "CTXRELAY_EXCLUDE": ("allowed values", "threading"),
     "CTXRELAY_SKIP_VARS": None,  # ContextVar names: any text is one
     "CTXRELAY_DETACH": None,  # glob patterns: any text is one (an on/off value warns, below)
+    "CTXRELAY_DROP_HOPS": None,  # glob patterns (an on/off value warns: test_config)
     "CTXRELAY_TREE_FILE": None,  # read by the tree exporter: tested below
     "CTXRELAY_RUN": None,  # internal marker set by `ctxrelay run`, not a setting
 }

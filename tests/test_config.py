@@ -172,6 +172,7 @@ def test_every_garbage_value_at_start_up_gives_one_warning_each(tmp_path: Path) 
         "INCLUDE": "threads",
         "EXCLUDE": "nope",
         "DETACH": "yes",
+        "DROP_HOPS": "off",
     }
     env = {config.PREFIX + k: v for k, v in garbage.items()}
     env["CTXRELAY_ENABLED"] = "1"
@@ -475,3 +476,63 @@ def test_a_warning_turned_into_an_error_still_does_not_stop_the_app(monkeypatch,
         warnings.simplefilter("error")
         ctxrelay.instrument()
     assert _run_all(tracer)["thread"]["user"] == "alice"
+
+
+# --- hops dropped by what they run (CTXRELAY_DROP_HOPS) --------------------------------
+def poll_inbox() -> str:
+    return user_var.get()
+
+
+def _pool_hops(tracer: trace.Tracer) -> list[str]:
+    """Submit the user's poll_inbox and os.getcwd (a C function) under a request."""
+
+    def scenario() -> list[str]:
+        user_var.set("alice")
+        with tracer.start_as_current_span("request"), ThreadPoolExecutor(1) as pool:
+            return [
+                pool.submit(poll_inbox).result(),
+                os.path.basename(pool.submit(os.getcwd).result()),
+            ]
+
+    return contextvars.copy_context().run(scenario)
+
+
+def _hop_functions(exporter: Any) -> list[str]:
+    return sorted(s.attributes[attributes.CODE_FUNCTION_NAME] for s in _hops(exporter))
+
+
+def test_drop_hops_by_pattern_the_default_list_and_none(monkeypatch, exporter, tracer) -> None:
+    cwd = os.path.basename(os.getcwd())
+    # Default: C functions of os (posix.*) are framework internals, the user's are kept.
+    ctxrelay.instrument()
+    assert _pool_hops(tracer) == ["alice", cwd]
+    assert _hop_functions(exporter) == [f"{__name__}.poll_inbox"]
+
+    # A pattern of the user's own drops its hop too; the work still gets the context.
+    exporter.clear()
+    _set(monkeypatch, DROP_HOPS="framework,*.poll_*")
+    ctxrelay.instrument()
+    assert _pool_hops(tracer) == ["alice", cwd]
+    assert _hop_functions(exporter) == []
+
+    # "none" brings the built-in list back.
+    exporter.clear()
+    _set(monkeypatch, DROP_HOPS="none")
+    ctxrelay.instrument()
+    assert _pool_hops(tracer) == ["alice", cwd]
+    assert _hop_functions(exporter) == sorted([f"{__name__}.poll_inbox", "posix.getcwd"])
+
+
+def test_drop_hops_given_a_boolean_warns_once_and_keeps_the_default(
+    monkeypatch, exporter, tracer
+) -> None:
+    _set(monkeypatch, DROP_HOPS="0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ctxrelay.instrument()
+        ctxrelay.instrument()
+    (warning,) = [w for w in caught if w.category is ConfigWarning]
+    assert "CTXRELAY_DROP_HOPS='0'" in str(warning.message)
+    assert "allowed values: a comma-separated list of 'framework'" in str(warning.message)
+    _pool_hops(tracer)
+    assert _hop_functions(exporter) == [f"{__name__}.poll_inbox"]

@@ -7,7 +7,7 @@ Nothing here reads settings or OpenTelemetry state: it is words only.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 try:  # semantic conventions >= 0.54b0 have the stable code.* names
     from opentelemetry.semconv.attributes.code_attributes import CODE_FUNCTION_NAME
@@ -76,6 +76,23 @@ def _through_partials(fn: Any) -> Any:
     return fn
 
 
+def _home_module(fn: Any) -> Any:
+    """The module of what has no ``__module__`` of its own.
+
+    A method of a C type (``_io.BufferedReader.read``): its type's module, so that
+    patterns over module names match it; a generator or coroutine object: the module
+    its code runs in.
+    """
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, type):
+        module = type(owner).__module__
+        return None if module == "builtins" else module
+    frame = getattr(fn, "gi_frame", None) or getattr(fn, "ag_frame", None)
+    if frame is not None:
+        return frame.f_globals.get("__name__")
+    return None
+
+
 def callable_name(fn: Any) -> str:
     """``module.qualname`` of what will run, seen through partials and bound methods.
 
@@ -91,6 +108,8 @@ def callable_name(fn: Any) -> str:
             module: Any = cls.__module__
         else:
             module = getattr(fn, "__module__", None)
+            if module is None:
+                module = _home_module(fn)
         name = f"{module}.{qualname}" if isinstance(module, str) and module else qualname
         return name[:MAX_ATTRIBUTE_LENGTH]
     except Exception:
@@ -107,3 +126,43 @@ def short_name(fn: Any) -> str:
         return name[:MAX_ATTRIBUTE_LENGTH]
     except Exception:
         return type(fn).__name__[:MAX_ATTRIBUTE_LENGTH]
+
+
+# --- what a hop is named after ------------------------------------------------------
+# Some runners hand over a framework helper that runs the user's code for it (Gradio's
+# ``run_sync_iterator_async(iterator)`` and Starlette's ``_next(iterator)``: one
+# ``next()`` of the user's generator; FastAPI's ``_run_sync_endpoint(function=...)``).  A
+# span named after the helper says nothing to the user, and would be dropped as
+# framework code (``CTXRELAY_DROP_HOPS``): the runner module that knows the helper
+# registers, by the helper's qualified name, what its hops are named after.
+_subjects: dict[str, Callable[..., Any]] = {}
+
+
+def name_hops_after(helper: str, subject: Callable[..., Any]) -> None:
+    """Hops running ``helper(*args, **kwargs)`` (``module.qualname``) are named after
+    ``subject(*args, **kwargs)`` instead (when that returns something, not None)."""
+    _subjects[helper] = subject
+
+
+def subject_of(fn: Any, args: tuple[Any, ...] = ()) -> Any:
+    """What the hop running ``fn(*args)`` is named after: ``fn`` unless registered.
+
+    Never raises: a name is never worth a failure.
+    """
+    if not _subjects:
+        return fn
+    try:
+        inner, kwargs = fn, {}
+        while type(inner) is functools.partial:
+            args = (*inner.args, *args)
+            kwargs = {**inner.keywords, **kwargs}
+            inner = inner.func
+        key = f"{getattr(inner, '__module__', None)}.{getattr(inner, '__qualname__', None)}"
+        subject = _subjects.get(key)
+        if subject is not None:
+            named = subject(*args, **kwargs)
+            if named is not None:
+                return named
+    except Exception:  # pragma: no cover - defensive
+        pass
+    return fn

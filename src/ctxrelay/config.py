@@ -47,6 +47,9 @@ class Settings:
     #: CTXRELAY_DETACH: glob patterns over the runner or the function's qualified name;
     #: matching work starts a new trace linked to its origin.
     detach: tuple[str, ...] = ()
+    #: CTXRELAY_DROP_HOPS: glob patterns over the function's qualified name of hops never
+    #: recorded; ``framework`` stands for the built-in list, ``none`` drops nothing.
+    drop_hops: tuple[str, ...] = ("framework",)
     #: CTXRELAY_RECORD_PAYLOADS: record event payloads/arguments on listener spans.
     record_payloads: bool = False
     #: Problems found while reading; each already warned once.
@@ -165,6 +168,38 @@ def _detach_patterns(env: Mapping[str, str], problems: list[str]) -> tuple[str, 
     return tuple(p for p in patterns if p not in booleans)
 
 
+#: What a CTXRELAY_DROP_HOPS pattern may hold: a qualified name with glob characters.
+_PATTERN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.*?[]!<>-"
+)
+
+
+def _drop_hops(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:
+    """Patterns (``framework`` = the built-in list, ``none`` = nothing); unset = framework."""
+    raw = env.get(PREFIX + "DROP_HOPS")
+    patterns = _names(raw)
+    if not patterns:
+        return ("framework",)
+    bad = [
+        p
+        for p in patterns
+        if p.lower() in _TRUE + _FALSE or not set(p) <= _PATTERN_CHARS or p.strip("*?.") == ""
+    ]
+    if bad and raw is not None:
+        kept = [p for p in patterns if p not in bad]
+        _warn(
+            problems,
+            "DROP_HOPS",
+            raw,
+            f"ctxrelay: {PREFIX}DROP_HOPS={shown(raw)} has invalid entries {_shown_names(bad)}; "
+            "allowed values: a comma-separated list of 'framework' (the built-in list), "
+            "'none', or glob patterns over qualified function names (myapp.poll_*). "
+            + ("Ignoring them." if kept else "Using the default (framework)."),
+        )
+        return tuple(kept) or ("framework",)
+    return tuple(patterns)
+
+
 def from_env(
     env: Mapping[str, str] | None = None,
     *,
@@ -190,6 +225,7 @@ def from_env(
         skip_vars=frozenset(_names(env.get(PREFIX + "SKIP_VARS"))),
         detach=_detach_patterns(env, problems),
         record_payloads=_bool(env, "RECORD_PAYLOADS", False, problems),
+        drop_hops=_drop_hops(env, problems),
         problems=tuple(problems),
     )
 

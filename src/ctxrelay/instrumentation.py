@@ -46,6 +46,7 @@ def instrument(
     skip_vars: Iterable[str] | None = None,
     detach: Iterable[str] | None = None,
     record_payloads: bool | None = None,
+    drop_hops: Iterable[str] | None = None,
 ) -> None:
     """Patch every runner and bus so work handed to another thread keeps its context.
 
@@ -55,6 +56,8 @@ def instrument(
 
     ``spans=False`` gives propagation only; ``tracer_provider`` defaults to the global
     one (followed lazily, so the application may set it after this call).
+    ``drop_hops``: glob patterns of hops never recorded (``framework`` = the built-in
+    list of framework-internal helpers, the default; ``[]`` or ``["none"]`` keeps all).
     """
     global _selected
     with _lock:
@@ -67,6 +70,7 @@ def instrument(
             settings.listener_spans if listener_spans is None else listener_spans,
             settings.detach if detach is None else tuple(detach),
             settings.record_payloads if record_payloads is None else record_payloads,
+            settings.drop_hops if drop_hops is None else tuple(drop_hops),
         )
         relay.skip_vars(frozenset(settings.skip_vars if skip_vars is None else skip_vars))
         left_behind.watch()  # variables that belong to their thread are never carried
@@ -85,6 +89,7 @@ def _configure_spans(
     listeners: bool,
     detach: tuple[str, ...],
     record_payloads: bool,
+    drop_hops: tuple[str, ...],
 ) -> None:
     spans.configure(
         tracer_provider=provider,
@@ -92,6 +97,7 @@ def _configure_spans(
         listeners=listeners,
         detach=config.detach_predicate(detach),
         record_payloads=record_payloads,
+        drop_hops=drop_hops,
     )
 
 

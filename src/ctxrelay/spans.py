@@ -16,6 +16,7 @@ Two rules hold for everything here:
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 import time
@@ -58,10 +59,78 @@ def add_normal_end(kind: type[BaseException]) -> None:
         NORMAL_ENDS = (*NORMAL_ENDS, kind)
 
 
+# --- hops that are never recorded (CTXRELAY_DROP_HOPS) --------------------------------
+#: The word in CTXRELAY_DROP_HOPS that stands for :data:`FRAMEWORK_HOPS`.
+FRAMEWORK = "framework"
+
+#: Dropped by default: hops running code the user did not write and cannot act on.
+#: Starlette's static files and ``FileResponse`` run ``stat``/``open``/``read``/``close``
+#: through ``anyio.to_thread`` (four hop spans per file, dozens per page load); Gradio
+#: pre- and post-processes every input and output there, and computes its analytics;
+#: a server thread runs ``uvicorn.Server.run`` for the process's life.  The user's
+#: handlers are named after the user's function, so they never match.
+FRAMEWORK_HOPS: tuple[str, ...] = (
+    "posix.*",
+    "nt.*",
+    "io.open",
+    "_io.*",
+    "genericpath.*",
+    "anyio.*",
+    "starlette.*",
+    "fastapi.*",
+    "pydantic.*",
+    "pydantic_core.*",
+    "uvicorn.*",
+    "gradio.*",
+    "gradio_client.*",
+)
+
+
+class _Drop:
+    """Glob patterns over a hop's qualified function name; a decision cache per name."""
+
+    __slots__ = ("cache", "patterns")
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.patterns = patterns
+        self.cache: dict[str, bool] = {}
+
+    def __call__(self, name: str) -> bool:
+        dropped = self.cache.get(name)
+        if dropped is None:
+            dropped = any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+            if len(self.cache) > 4096:  # names are few; a bound all the same
+                self.cache.clear()
+            self.cache[name] = dropped
+        return dropped
+
+
+def drop_patterns(patterns: tuple[str, ...]) -> None:
+    """Never record hops whose function's qualified name matches one of ``patterns``.
+
+    The word ``framework`` stands for :data:`FRAMEWORK_HOPS`; ``none`` for nothing.
+    """
+    expanded: list[str] = []
+    for pattern in patterns:
+        if pattern.lower() == FRAMEWORK:
+            expanded.extend(FRAMEWORK_HOPS)
+        elif pattern.lower() != "none":
+            expanded.append(pattern)
+    settings.drop = _Drop(tuple(dict.fromkeys(expanded))) if expanded else None
+
+
 class _Settings:
     """What :func:`ctxrelay.instrument` chose for spans; read on every hand-over."""
 
-    __slots__ = ("detach", "detach_only", "hops", "listeners", "record_payloads", "tracer")
+    __slots__ = (
+        "detach",
+        "detach_only",
+        "drop",
+        "hops",
+        "listeners",
+        "record_payloads",
+        "tracer",
+    )
 
     def __init__(self) -> None:
         self.hops = False
@@ -75,6 +144,8 @@ class _Settings:
         #: (the detached span is what carries the link), and only detached work gets
         #: a span.  Without it, detached work would silently nest under its origin.
         self.detach_only = False
+        #: name -> True for hops never recorded (CTXRELAY_DROP_HOPS); None drops none.
+        self.drop: Callable[[str], bool] | None = None
 
 
 settings = _Settings()
@@ -117,8 +188,12 @@ def configure(
     listeners: bool,
     detach: Callable[[str, Any], bool] | None = None,
     record_payloads: bool = False,
+    drop_hops: tuple[str, ...] | None = None,
 ) -> None:
-    """Choose the tracer and which spans are recorded. Called by ``instrument()``."""
+    """Choose the tracer and which spans are recorded. Called by ``instrument()``.
+
+    ``drop_hops``: patterns of hops never recorded; None = ``framework`` (the default).
+    """
     # Without an explicit provider, follow the global one (set later by the application,
     # or replaced): activation at start-up may run before the app's own set-up.
     if tracer_provider is None:
@@ -130,6 +205,7 @@ def configure(
     settings.listeners = listeners
     settings.detach = detach
     settings.record_payloads = record_payloads
+    drop_patterns((FRAMEWORK,) if drop_hops is None else drop_hops)
 
 
 def disable() -> None:
@@ -170,20 +246,28 @@ def admit(runner: str) -> Hop | None:
 def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[Span | None, object]:
     """Called in the target thread, inside the carried context: start and activate.
 
-    ``(None, None)`` when hop spans are off and this work is not detached.
+    ``(None, None)`` when hop spans are off and this work is not detached, or when the
+    work's function matches ``CTXRELAY_DROP_HOPS``.
 
     ``thread_name`` comes from the caller because inside ``Thread._bootstrap_inner`` the
     new thread is not yet registered, and ``threading.current_thread()`` there would
     create and register a dummy thread object.
     """
     now_ns = time.perf_counter_ns()
+    qualified = callable_name(fn)
+    # The one place a hop is dropped by what it runs (CTXRELAY_DROP_HOPS): here, not in
+    # admit(), because only now is the function known for every runner (a thread's
+    # target, a generator behind a framework helper), and it costs the hand-over nothing.
+    drop = settings.drop
+    if drop is not None and drop(qualified):
+        return None, None
     detach = settings.detach
     detached = detach is not None and detach(hop.runner, fn)
     if not detached and settings.detach_only:
         return None, None
     attributes: dict[str, Any] = {
         ATTR_RUNNER: hop.runner,
-        CODE_FUNCTION_NAME: callable_name(fn),
+        CODE_FUNCTION_NAME: qualified,
         THREAD_ID: threading.get_ident(),
         THREAD_NAME: thread_name[:MAX_ATTRIBUTE_LENGTH],
         ATTR_ORIGIN_THREAD_ID: hop.origin_id,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ctxrelay import relay, spans
+from ctxrelay import attributes, relay, spans
 from ctxrelay.patching import Patch
 
 NAME = "anyio"
@@ -33,8 +33,9 @@ RUNNER = "anyio.to_thread"
 
 
 def _run(hop: spans.Hop, func: Any, *args: Any) -> Any:
-    # In the worker thread, inside the copy anyio made for this call.
-    return relay.run_hop(hop=hop, fn=func, args=args)
+    # In the worker thread, inside the copy anyio made for this call.  A framework
+    # helper stepping the user's generator is named after the generator.
+    return relay.run_hop(hop=hop, fn=func, args=args, named=attributes.subject_of(func, args))
 
 
 def record_hop(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

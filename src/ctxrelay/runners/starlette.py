@@ -22,10 +22,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctxrelay import iterators, spans
+from ctxrelay import attributes, iterators, spans
 from ctxrelay.patching import Patch
 
 NAME = "starlette"
+
+
+def _the_iterator(iterator: Any) -> Any:
+    return iterator
+
+
+def _the_endpoint(*args: Any, function: Any = None, **kwargs: Any) -> Any:
+    return function
+
+
+# Each step's hop is named after the user's generator, not after ``_next``; FastAPI's
+# sync endpoints run as ``partial(_run_sync_endpoint, function=endpoint, ...)`` (FastAPI
+# 0.165 ``routing.py``; the helper lives in ``fastapi.telemetry._api``).
+attributes.name_hops_after("starlette.concurrency._next", _the_iterator)
+attributes.name_hops_after("fastapi.telemetry._api._run_sync_endpoint", _the_endpoint)
+attributes.name_hops_after("fastapi.routing._run_sync_endpoint", _the_endpoint)
 
 
 def _stop_is_normal(concurrency: Any) -> None:

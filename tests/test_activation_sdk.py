@@ -44,7 +44,7 @@ def test_resource_and_sampler_from_standard_variables(app_dir: Path) -> None:
     assert plain["provider"] == "ProxyTracerProvider" and plain["resource"] is None
 
     report = probe_of(run([CTXRELAY, "run", "python", "app.py"], env, app_dir))
-    assert report["provider"] == "TracerProvider"
+    assert report["provider"] in ("TracerProvider", "StartupTracerProvider")
     assert report["resource"]["service.name"] == "checkout"
     assert report["resource"]["deployment.environment"] == "test"
     assert report["resource"]["team"] == "payments"

@@ -90,7 +90,7 @@ def _run(app: Path, how: str, when: str) -> tuple[list[str], str]:
 HOPS = ["Thread <lambda>", "ThreadPoolExecutor <lambda>"]
 
 
-@pytest.mark.parametrize("how", ["instrument"])
+@pytest.mark.parametrize("how", ["instrument", "pth", "run"])
 @pytest.mark.parametrize("when", ["before-threads", "after-threads", "replaced"])
 def test_the_apps_provider_gets_its_spans_and_the_hops(app: Path, how: str, when: str) -> None:
     bare, bare_err = _run(app, "plain", when)

@@ -2,58 +2,89 @@
 
 Used by the start-up activations (``ctxrelay run`` and ``CTXRELAY_ENABLED=1``), never by
 ``ctxrelay.instrument()`` nor by ``opentelemetry-instrument`` (whose own configurator
-does this job).  The work is done by the SDK's own configurator, the one
-``opentelemetry-distro`` subclasses, so every variable means exactly what the SDK
-documents: ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_EXPORTER``,
-``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``_PROTOCOL``, ``OTEL_TRACES_SAMPLER`` / ``_ARG``, ...
-(it also sets up metrics and logs when ``OTEL_METRICS_EXPORTER`` / ``OTEL_LOGS_EXPORTER``
-ask for it).  Spans are flushed at exit by the SDK itself: its ``TracerProvider``
-registers ``atexit`` ``shutdown()``, which drains the batch processor, and ``atexit``
-runs after the interpreter has joined the non-daemon threads.
+does this job).  Read against opentelemetry-sdk 1.45 (``opentelemetry/sdk/_configuration``).
 
-Nothing is configured when:
+Only what the variables ask for is set up, and only its modules are imported:
 
-* a real tracer provider is already set (a ``sitecustomize``, ``OTEL_PYTHON_TRACER_PROVIDER``);
-* ``opentelemetry-instrument`` is starting this interpreter (its configurator runs next);
-* ``OTEL_SDK_DISABLED=true`` (the SDK would hand out no-op tracers anyway).
+* traces always (``OTEL_TRACES_EXPORTER``, unset: ctxrelay's trace-tree exporter; ``none``:
+  a provider without exporter), with the SDK's own ``TracerProvider``, ``Resource.create``
+  (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``), sampler (``OTEL_TRACES_SAMPLER`` /
+  ``_ARG``, an entry-point sampler too), ``OTEL_PYTHON_ID_GENERATOR``, and ``otlp``
+  resolved by ``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL`` as the SDK resolves it;
+* metrics only when ``OTEL_METRICS_EXPORTER`` names an exporter, logs only when
+  ``OTEL_LOGS_EXPORTER`` does (or the SDK's logging auto-instrumentation is on), by the
+  SDK's own functions.  Unlike the SDK's configurator, nothing is installed for a signal
+  nobody asked for: an application may still set its own MeterProvider/LoggerProvider,
+  and a forked child carries no idle provider's at-fork work;
+* ``OTEL_CONFIG_FILE`` (declarative configuration) or ``OTEL_PYTHON_TRACER_CONFIGURATOR``:
+  the SDK's configurator does everything, as it would.
 
-A provider the application sets *later* is refused by the OpenTelemetry API ("Overriding
-of current TracerProvider is not allowed"): the one configured here stays in force.
-Applications that set up OpenTelemetry in code should call ``ctxrelay.instrument()``
-there instead of using a start-up activation (see ``docs/configuration.md``).
+Nothing is configured when a real tracer provider is already set (a ``sitecustomize``),
+while ``opentelemetry-instrument`` is starting this interpreter, or with
+``OTEL_SDK_DISABLED=true``.
+
+**The application's own provider wins.**  The provider set here steps aside: an
+application that later calls ``trace.set_tracer_provider(its_own)`` gets it installed
+(not "Overriding of current TracerProvider is not allowed"), one notice line says so,
+tracers handed out earlier by the start-up provider follow it (as the API's proxy
+tracers follow the first provider set), and ctxrelay's own spans follow the global
+provider anyway.  A second ``set_tracer_provider`` is refused, as without ctxrelay.
+
+**Nothing idle runs.**  The batch processor's export thread is started on the first span
+that ends, not at start-up: a process that records no span has no extra thread, so
+``os.fork()`` children, ``threading.active_count()`` and the at-fork hooks are as without
+ctxrelay.  Spans are flushed at exit by the SDK's ``atexit`` shutdown.
+
+A failure never stops the application: one line on stderr says what failed and what
+still works (context is carried into threads whatever happens here).
 """
 
 from __future__ import annotations
 
-import logging
 import os
+import sys
+import threading
+from typing import Any, Callable
 
 from opentelemetry import trace
-from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
-from opentelemetry.sdk._configuration import _OTelSDKConfigurator
-from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
-from opentelemetry.util._importlib_metadata import entry_points
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 __all__ = ["DEFAULT_EXPORTER", "FALLBACK_EXPORTER", "configure_from_env", "default_exporter"]
 
-logger = logging.getLogger("ctxrelay")
-
 #: ``OTEL_TRACES_EXPORTER`` when unset: ctxrelay's trace-tree exporter (no backend needed).
 DEFAULT_EXPORTER = "ctxrelay_tree"
-#: ... unless that entry point is missing: then the SDK's (and the distro's) ``otlp``.
+#: ... unless ctxrelay's exporter cannot be imported: then the SDK's (and the distro's) ``otlp``.
 FALLBACK_EXPORTER = "otlp"
 _EXPORTER_GROUP = "opentelemetry_traces_exporter"
 _OTEL_AUTO_DIR = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")
+_OTLP = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
+_INSTALL_HINT = {
+    "otlp_proto_grpc": "opentelemetry-exporter-otlp-proto-grpc",
+    "otlp_proto_http": "opentelemetry-exporter-otlp-proto-http",
+    "zipkin_json": "opentelemetry-exporter-zipkin-json",
+    "zipkin_proto": "opentelemetry-exporter-zipkin-proto-http",
+}
 
 
-class _Configurator(_OTelSDKConfigurator):
-    """The SDK's own ``OTEL_*`` configuration, unchanged (the SDK asks to be subclassed)."""
+class SetupError(Exception):
+    """One part of the SDK set-up failed; the message says which setting and why."""
 
 
 def default_exporter() -> str:
-    if any(True for _ in entry_points(group=_EXPORTER_GROUP, name=DEFAULT_EXPORTER)):
-        return DEFAULT_EXPORTER
-    return FALLBACK_EXPORTER
+    try:
+        import ctxrelay.exporters.tree  # noqa: F401 - importable: use it
+    except Exception:  # noqa: BLE001 - e.g. a partial install
+        return FALLBACK_EXPORTER
+    return DEFAULT_EXPORTER
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def _names(variable: str) -> list[str]:
+    """The exporter names in ``variable`` (``none`` and empty entries dropped)."""
+    return [n.strip() for n in _env(variable).split(",") if n.strip() and n.strip() != "none"]
 
 
 def _provider_already_set() -> bool:
@@ -66,14 +97,301 @@ def _opentelemetry_instrument_pending() -> bool:
     return any(os.path.normpath(p).endswith(_OTEL_AUTO_DIR) for p in paths if p)
 
 
-def configure_from_env() -> bool:
-    """Set the global tracer provider from ``OTEL_*``; False when it was left alone."""
-    if os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
+def _entry_point_name(name: str) -> str:
+    """``otlp`` -> the entry point the SDK would pick for the OTLP protocol setting."""
+    if name != "otlp":
+        return name
+    protocol = _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or _env("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if not protocol:
+        return _OTLP["grpc"]
+    if protocol not in _OTLP:
+        from ctxrelay.config import shown
+
+        raise SetupError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={shown(protocol)} is not an OTLP protocol "
+            f"(allowed: {', '.join(_OTLP)})"
+        )
+    return _OTLP[protocol]
+
+
+def _exporter_class(name: str) -> Any:
+    from ctxrelay.config import shown
+
+    entry = _entry_point_name(name)
+    if entry == DEFAULT_EXPORTER:  # ours: no scan of every installed distribution
+        from ctxrelay.exporters.tree import TreeSpanExporter
+
+        return TreeSpanExporter
+    from opentelemetry.util._importlib_metadata import entry_points
+
+    found = list(entry_points(group=_EXPORTER_GROUP, name=entry))
+    if not found:
+        hint = _INSTALL_HINT.get(entry)
+        raise SetupError(
+            f"OTEL_TRACES_EXPORTER={shown(name)}: no such trace exporter is installed"
+            + (
+                f" (pip install {hint})"
+                if hint
+                else f" (no {_EXPORTER_GROUP} entry point {entry!r})"
+            )
+        )
+    try:
+        return found[0].load()
+    except Exception as exc:  # noqa: BLE001 - reported as what failed
+        raise SetupError(
+            f"OTEL_TRACES_EXPORTER={shown(name)}: the exporter failed to load "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _sampler() -> Any:
+    """A sampler the SDK's TracerProvider would not find itself (an entry point), or None."""
+    name = _env("OTEL_TRACES_SAMPLER").lower()
+    if not name:
+        return None
+    from opentelemetry.sdk.trace import sampling
+
+    if name in sampling._KNOWN_SAMPLERS:  # noqa: SLF001 - TracerProvider reads these itself
+        return None
+    from opentelemetry.sdk._configuration import _import_sampler
+
+    return _import_sampler(name)
+
+
+def _id_generator() -> Any:
+    name = _env("OTEL_PYTHON_ID_GENERATOR")
+    if not name or name == "random":
+        return None
+    from opentelemetry.sdk._configuration import _import_id_generator
+
+    return _import_id_generator(name)
+
+
+def configure_from_env(report: Callable[[str], None] | None = None) -> bool:
+    """Set the global tracer provider from ``OTEL_*``; False when it was left alone.
+
+    ``report`` receives the one line that says what failed (default: stderr).
+    """
+    if _env("OTEL_SDK_DISABLED").lower() == "true":
         return False
     if _provider_already_set() or _opentelemetry_instrument_pending():
         return False
-    # The SDK's configurator adds the names passed here to those in OTEL_TRACES_EXPORTER:
-    # pass a default only when the variable is unset ("none" means none).
-    defaults = [] if os.environ.get(OTEL_TRACES_EXPORTER, "").strip() else [default_exporter()]
-    _Configurator().configure(trace_exporter_names=defaults)
+    report = report or _print
+    if _env("OTEL_CONFIG_FILE") or _env("OTEL_PYTHON_TRACER_CONFIGURATOR"):
+        return _sdk_configurator(report)
+    problems: list[str] = []
+    exporters: list[tuple[str, Any]] = []
+    raw = _env("OTEL_TRACES_EXPORTER")
+    for name in _names("OTEL_TRACES_EXPORTER") if raw else [default_exporter()]:
+        try:
+            exporters.append((name, _exporter_class(name)()))
+        except SetupError as exc:
+            problems.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the exporter's own constructor
+            problems.append(f"OTEL_TRACES_EXPORTER={name}: {type(exc).__name__}: {exc}")
+    if problems and not exporters:
+        report(
+            f"ctxrelay: {'; '.join(problems)}. No tracer provider was set: spans are not "
+            "recorded; context is still carried into threads."
+        )
+        return False
+    from opentelemetry.sdk.resources import Resource
+
+    provider = StartupTracerProvider(
+        sampler=_sampler(), resource=Resource.create(), id_generator=_id_generator()
+    )
+    for _, exporter in exporters:
+        provider.add_span_processor(_LazyBatchProcessor(exporter))
+    _install(provider)
+    if problems:
+        working = ", ".join(name for name, _ in exporters)
+        report(
+            f"ctxrelay: {'; '.join(problems)}. Spans still go to {working}; context is "
+            "carried into threads."
+        )
+    _other_signals(provider.resource, report)
     return True
+
+
+def _print(line: str) -> None:
+    try:
+        print(line, file=sys.stderr)
+    except Exception:  # noqa: BLE001 - a closed stderr must not stop the app
+        pass
+
+
+def _sdk_configurator(report: Callable[[str], None]) -> bool:
+    from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+
+    class _Configurator(_OTelSDKConfigurator):
+        """The SDK's own ``OTEL_*`` configuration, unchanged (the SDK asks to be subclassed)."""
+
+    _Configurator().configure()
+    return True
+
+
+def _other_signals(resource: Any, report: Callable[[str], None]) -> None:
+    """Metrics and logs, only when their variables ask for them (the SDK's own set-up)."""
+    metrics = _names("OTEL_METRICS_EXPORTER")
+    handler = _env("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED").lower() == "true"
+    logs = _names("OTEL_LOGS_EXPORTER")
+    if not (metrics or logs or handler):
+        return
+    from opentelemetry.sdk import _configuration as sdk_config
+
+    if metrics:
+        try:
+            _, found, _ = sdk_config._import_exporters(
+                [], sdk_config._get_exporter_names("metrics"), []
+            )
+            sdk_config._init_metrics(found, resource)
+        except Exception as exc:  # noqa: BLE001 - reported; traces are set up already
+            report(
+                f"ctxrelay: OTEL_METRICS_EXPORTER: {type(exc).__name__}: {exc}; "
+                "metrics are off, traces are on."
+            )
+    if logs or handler:
+        try:
+            _, _, found = sdk_config._import_exporters(
+                [], [], sdk_config._get_exporter_names("logs")
+            )
+            sdk_config._init_logging(found, resource, handler)
+        except Exception as exc:  # noqa: BLE001
+            report(
+                f"ctxrelay: OTEL_LOGS_EXPORTER: {type(exc).__name__}: {exc}; "
+                "logs are off, traces are on."
+            )
+
+
+# --- the provider that steps aside -------------------------------------------------------
+class StartupTracerProvider(TracerProvider):  # type: ignore[misc]
+    """The provider configured from ``OTEL_*``: its tracers follow a replacement."""
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        own = super().get_tracer(*args, **kwargs)
+        if args and args[0] == "ctxrelay":
+            return own  # ctxrelay's own tracer follows the global provider itself
+        return _YieldingTracer(self, own, args, kwargs)
+
+    def _handle_fork(self) -> None:
+        """The SDK's at-fork hook, without its thread pool (SDK >= 1.39 registers it).
+
+        The SDK runs the process-dependent resource detectors in a ThreadPoolExecutor in
+        every forked child: a pool per fork, and "cannot schedule new futures after
+        interpreter shutdown" printed by a child forked at exit.  They are called
+        directly here (the default one, service.instance.id, takes microseconds).
+        """
+        self._tracers_lock = threading.Lock()
+        try:
+            from opentelemetry.sdk.resources import Resource, _build_resource_detectors
+
+            resource = Resource.get_empty()
+            for detector in _build_resource_detectors():
+                if detector.is_process_dependent():
+                    resource = resource.merge(detector.detect())
+            self._update_resource(resource)
+        except Exception:  # noqa: BLE001 - a child keeps its parent's resource
+            pass
+
+
+class _YieldingTracer(trace.Tracer):  # type: ignore[misc]
+    """The start-up provider's tracer until the application sets its own provider."""
+
+    def __init__(self, provider: Any, own: Any, args: Any, kwargs: Any) -> None:
+        self._provider, self._own, self._args, self._kwargs = provider, own, args, kwargs
+        self._replacement: Any = None
+
+    def _tracer(self) -> Any:
+        if self._replacement is not None:
+            return self._replacement
+        current = trace.get_tracer_provider()
+        if current is self._provider:
+            return self._own
+        # Bound once, like the API's proxy tracers bind to the first provider set.
+        self._replacement = current.get_tracer(*self._args, **self._kwargs)
+        return self._replacement
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tracer().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tracer().start_as_current_span(*args, **kwargs)
+
+
+def _install(provider: Any) -> None:
+    """Set ``provider`` globally, and let the application's first own provider replace it."""
+    trace.set_tracer_provider(provider)
+    once = getattr(trace, "_TRACER_PROVIDER_SET_ONCE", None)
+    try:
+        from opentelemetry.util._once import Once
+    except ImportError:  # pragma: no cover - a future API: the app's provider is refused
+        return
+    if type(once) is not Once:
+        return
+
+    class _StepAside(Once):  # type: ignore[misc]
+        """The API's set-once guard, except that the start-up provider may be replaced once."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._done = True
+
+        def do_once(self, func: Callable[[], None]) -> bool:
+            with self._lock:
+                if trace._TRACER_PROVIDER is provider:  # noqa: SLF001
+                    func()
+                    replaced = trace._TRACER_PROVIDER  # noqa: SLF001
+                    if replaced is not provider:
+                        _print(
+                            f"ctxrelay: the application's TracerProvider "
+                            f"({type(replaced).__module__}.{type(replaced).__qualname__}) is in "
+                            "use; it replaces the one ctxrelay configured from OTEL_*, and "
+                            "ctxrelay's spans go to it too."
+                        )
+                        return True
+            return super().do_once(func)
+
+    trace._TRACER_PROVIDER_SET_ONCE = _StepAside()  # noqa: SLF001
+
+
+# --- a batch processor whose thread starts with the first span ----------------------------
+class _LazyBatchProcessor(SpanProcessor):  # type: ignore[misc]
+    """``BatchSpanProcessor(exporter)``, created when the first span ends.
+
+    The SDK's processor starts its export thread at once and restarts it in every forked
+    child; until a span exists there is nothing for it to do.
+    """
+
+    def __init__(self, exporter: Any) -> None:
+        self._exporter = exporter
+        self._inner: Any = None
+        self._lock = threading.Lock()
+
+    def _processor(self) -> Any:
+        inner = self._inner
+        if inner is None:
+            with self._lock:
+                if self._inner is None:
+                    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+                    self._inner = BatchSpanProcessor(self._exporter)
+                inner = self._inner
+        return inner
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if self._inner is not None:
+            self._inner.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: Any) -> None:
+        self._processor().on_end(span)
+
+    def shutdown(self) -> None:
+        inner = self._inner
+        if inner is not None:
+            inner.shutdown()
+        else:
+            self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        inner = self._inner
+        return True if inner is None else bool(inner.force_flush(timeout_millis))

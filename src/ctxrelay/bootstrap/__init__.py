@@ -12,8 +12,10 @@ Two ways reach :func:`activate`, both before ``__main__`` starts any thread:
 
 The third way, ``opentelemetry-instrument``, goes through :mod:`ctxrelay.otel` instead.
 
-Activation never raises into the interpreter's start-up: a failure is one warning on
-stderr and the application runs uninstrumented.
+Activation never raises into the interpreter's start-up: a failure is one line on
+stderr saying what failed and what still works, and the application runs (uninstrumented
+when the patching failed, e.g. a broken OpenTelemetry install earlier on ``sys.path``;
+with context propagation but without exported spans when only the SDK set-up failed).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ RUN_MARKER = "CTXRELAY_RUN"
 _FALSE = ("0", "false", "no", "off")
 _lock = threading.Lock()
 _by: str | None = None
+_tried: set[str] = set()
 
 
 def activated_by() -> str | None:
@@ -67,11 +70,17 @@ def activate(source: str, *, configure: bool = True) -> bool:
     with _lock:
         if _by is not None:
             return True
-        if not _guarded(source, lambda: _wanted(source)):
+        if source in _tried:
+            # site.py may read the same .pth twice (a venv's lib64 -> lib symlink is two
+            # site directories to it): a failure is reported once.
+            return False
+        _tried.add(source)
+        failed = f"ctxrelay: start-up activation ({source}) failed, the application runs without it"
+        if not _guarded(failed, lambda: _wanted(source)):
             return False
         # Patch before the SDK set-up below starts its exporter thread, and before any
         # code of the application's can start one.
-        if not _guarded(source, _instrument):
+        if not _guarded(failed, _instrument):
             return False
         _by = source
     if configure:
@@ -83,9 +92,17 @@ def configure_sdk() -> bool:
     """Configure the SDK from ``OTEL_*`` unless a provider is set; never raises."""
     if _by is None:
         return False
+    failed = (
+        "ctxrelay: the OpenTelemetry SDK set-up from OTEL_* failed; context is still carried "
+        "into threads, spans are not exported"
+    )
+    return _guarded(failed, _configure)
+
+
+def _configure() -> bool:
     from ctxrelay import sdk
 
-    return _guarded(_by, sdk.configure_from_env)
+    return sdk.configure_from_env()
 
 
 def _instrument() -> bool:
@@ -95,14 +112,26 @@ def _instrument() -> bool:
     return True
 
 
-def _guarded(source: str, step: Callable[[], bool]) -> bool:
+def _guarded(failed: str, step: Callable[[], bool]) -> bool:
     try:
         return step()
     except Exception as exc:  # never take the application down at start-up
-        print(
-            f"ctxrelay: start-up activation ({source}) failed, the application runs "
-            f"without it: {type(exc).__name__}: {exc}",
-            file=sys.stderr,
-        )
+        try:
+            print(f"{failed}: {_describe(exc)}", file=sys.stderr)
+        except Exception:  # noqa: BLE001 - no usable stderr: still never fatal
+            pass
         logger.debug("ctxrelay: activation failed", exc_info=True)
         return False
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, bounded, naming the ``opentelemetry`` package that was imported."""
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) > 300:
+        text = text[:300] + "..."
+    if isinstance(exc, ImportError):
+        otel = sys.modules.get("opentelemetry")
+        where = list(getattr(otel, "__path__", None) or [getattr(otel, "__file__", None)])
+        if otel is not None and where and where[0]:
+            text += f" (opentelemetry imported from {where[0]})"
+    return text

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from activation_support import base_env, run
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

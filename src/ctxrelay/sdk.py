@@ -73,7 +73,7 @@ class SetupError(Exception):
 def default_exporter() -> str:
     try:
         import ctxrelay.exporters.tree  # noqa: F401 - importable: use it
-    except Exception:  # noqa: BLE001 - e.g. a partial install
+    except Exception:  # e.g. a partial install
         return FALLBACK_EXPORTER
     return DEFAULT_EXPORTER
 
@@ -137,7 +137,7 @@ def _exporter_class(name: str) -> Any:
         )
     try:
         return found[0].load()
-    except Exception as exc:  # noqa: BLE001 - reported as what failed
+    except Exception as exc:  # reported as what failed
         raise SetupError(
             f"OTEL_TRACES_EXPORTER={shown(name)}: the exporter failed to load "
             f"({type(exc).__name__}: {exc})"
@@ -151,7 +151,7 @@ def _sampler() -> Any:
         return None
     from opentelemetry.sdk.trace import sampling
 
-    if name in sampling._KNOWN_SAMPLERS:  # noqa: SLF001 - TracerProvider reads these itself
+    if name in sampling._KNOWN_SAMPLERS:  # TracerProvider reads these itself
         return None
     from opentelemetry.sdk._configuration import _import_sampler
 
@@ -187,7 +187,7 @@ def configure_from_env(report: Callable[[str], None] | None = None) -> bool:
             exporters.append((name, _exporter_class(name)()))
         except SetupError as exc:
             problems.append(str(exc))
-        except Exception as exc:  # noqa: BLE001 - the exporter's own constructor
+        except Exception as exc:  # the exporter's own constructor
             problems.append(f"OTEL_TRACES_EXPORTER={name}: {type(exc).__name__}: {exc}")
     if problems and not exporters:
         report(
@@ -216,7 +216,7 @@ def configure_from_env(report: Callable[[str], None] | None = None) -> bool:
 def _print(line: str) -> None:
     try:
         print(line, file=sys.stderr)
-    except Exception:  # noqa: BLE001 - a closed stderr must not stop the app
+    except Exception:  # a closed stderr must not stop the app
         pass
 
 
@@ -241,22 +241,22 @@ def _other_signals(resource: Any, report: Callable[[str], None]) -> None:
 
     if metrics:
         try:
-            _, found, _ = sdk_config._import_exporters(
+            _, readers, _ = sdk_config._import_exporters(
                 [], sdk_config._get_exporter_names("metrics"), []
             )
-            sdk_config._init_metrics(found, resource)
-        except Exception as exc:  # noqa: BLE001 - reported; traces are set up already
+            sdk_config._init_metrics(readers, resource)
+        except Exception as exc:  # reported; traces are set up already
             report(
                 f"ctxrelay: OTEL_METRICS_EXPORTER: {type(exc).__name__}: {exc}; "
                 "metrics are off, traces are on."
             )
     if logs or handler:
         try:
-            _, _, found = sdk_config._import_exporters(
+            _, _, log_exporters = sdk_config._import_exporters(
                 [], [], sdk_config._get_exporter_names("logs")
             )
-            sdk_config._init_logging(found, resource, handler)
-        except Exception as exc:  # noqa: BLE001
+            sdk_config._init_logging(log_exporters, resource, handler)
+        except Exception as exc:
             report(
                 f"ctxrelay: OTEL_LOGS_EXPORTER: {type(exc).__name__}: {exc}; "
                 "logs are off, traces are on."
@@ -264,7 +264,7 @@ def _other_signals(resource: Any, report: Callable[[str], None]) -> None:
 
 
 # --- the provider that steps aside -------------------------------------------------------
-class StartupTracerProvider(TracerProvider):  # type: ignore[misc]
+class StartupTracerProvider(TracerProvider):
     """The provider configured from ``OTEL_*``: its tracers follow a replacement."""
 
     def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
@@ -290,11 +290,11 @@ class StartupTracerProvider(TracerProvider):  # type: ignore[misc]
                 if detector.is_process_dependent():
                     resource = resource.merge(detector.detect())
             self._update_resource(resource)
-        except Exception:  # noqa: BLE001 - a child keeps its parent's resource
+        except Exception:  # a child keeps its parent's resource
             pass
 
 
-class _YieldingTracer(trace.Tracer):  # type: ignore[misc]
+class _YieldingTracer(trace.Tracer):
     """The start-up provider's tracer until the application sets its own provider."""
 
     def __init__(self, provider: Any, own: Any, args: Any, kwargs: Any) -> None:
@@ -329,7 +329,7 @@ def _install(provider: Any) -> None:
     if type(once) is not Once:
         return
 
-    class _StepAside(Once):  # type: ignore[misc]
+    class _StepAside(Once):
         """The API's set-once guard, except that the start-up provider may be replaced once."""
 
         def __init__(self) -> None:
@@ -338,9 +338,9 @@ def _install(provider: Any) -> None:
 
         def do_once(self, func: Callable[[], None]) -> bool:
             with self._lock:
-                if trace._TRACER_PROVIDER is provider:  # noqa: SLF001
+                if trace._TRACER_PROVIDER is provider:
                     func()
-                    replaced = trace._TRACER_PROVIDER  # noqa: SLF001
+                    replaced = trace._TRACER_PROVIDER
                     if replaced is not provider:
                         _print(
                             f"ctxrelay: the application's TracerProvider "
@@ -351,11 +351,11 @@ def _install(provider: Any) -> None:
                         return True
             return super().do_once(func)
 
-    trace._TRACER_PROVIDER_SET_ONCE = _StepAside()  # noqa: SLF001
+    trace._TRACER_PROVIDER_SET_ONCE = _StepAside()
 
 
 # --- a batch processor whose thread starts with the first span ----------------------------
-class _LazyBatchProcessor(SpanProcessor):  # type: ignore[misc]
+class _LazyBatchProcessor(SpanProcessor):
     """``BatchSpanProcessor(exporter)``, created when the first span ends.
 
     The SDK's processor starts its export thread at once and restarts it in every forked

@@ -118,7 +118,7 @@ def _guarded(failed: str, step: Callable[[], bool]) -> bool:
     except Exception as exc:  # never take the application down at start-up
         try:
             print(f"{failed}: {_describe(exc)}", file=sys.stderr)
-        except Exception:  # noqa: BLE001 - no usable stderr: still never fatal
+        except Exception:  # no usable stderr: still never fatal
             pass
         logger.debug("ctxrelay: activation failed", exc_info=True)
         return False

@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ctxrelay.config import ConfigWarning, shown
+from ctxrelay.exporters._tree_file import TreeFile
 from ctxrelay.exporters.render import ASCII, render_trace
 
 __all__ = ["ENV_FILE", "TreeSpanExporter"]
@@ -81,7 +82,7 @@ class TreeSpanExporter(SpanExporter):
         if out is None:
             out = (os.environ if env is None else env).get(ENV_FILE, "").strip() or "stderr"
         self._target = out
-        self._stream: IO[str] | None = None if isinstance(out, str) else out
+        self._stream: IO[str] | TreeFile | None = None if isinstance(out, str) else out
         self._owns_stream = False
         self._max_traces = max(1, max_traces)
         self._max_spans = max(1, max_spans)
@@ -92,6 +93,7 @@ class TreeSpanExporter(SpanExporter):
         self._held = 0
         self._printed: OrderedDict[int, None] = OrderedDict()
         self._shut = False
+        self._write_failed = False  # reported once
 
     # --- SpanExporter -----------------------------------------------------------------
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -189,12 +191,32 @@ class TreeSpanExporter(SpanExporter):
         with self._write_lock:
             stream = self._open()
             try:
-                stream.write(text)
-            except UnicodeEncodeError:  # an ASCII-only terminal or locale
-                stream.write(text.translate(ASCII).encode("ascii", "replace").decode("ascii"))
-            stream.flush()
+                try:
+                    stream.write(text)
+                except UnicodeEncodeError:  # an ASCII-only terminal or locale
+                    stream.write(text.translate(ASCII).encode("ascii", "replace").decode("ascii"))
+                stream.flush()
+            except OSError as exc:  # a full disk, /dev/full, a reader that stopped reading
+                self._report_failed_write(exc)
+                raise
 
-    def _open(self) -> IO[str]:
+    def _report_failed_write(self, exc: OSError) -> None:
+        """Once per exporter: a lost tree must not be silent, nor repeat for each trace."""
+        if self._write_failed:
+            return
+        self._write_failed = True
+        target = self._target if isinstance(self._target, str) else "the given stream"
+        try:
+            warnings.warn(
+                f"ctxrelay: writing trace trees to {ENV_FILE}={shown(target)} failed "
+                f"({type(exc).__name__}: {exc}); trees are lost while it fails.",
+                ConfigWarning,
+                stacklevel=2,
+            )
+        except Exception:  # "-W error": still never into the SDK's export thread
+            pass
+
+    def _open(self) -> IO[str] | TreeFile:
         if self._stream is not None:
             return self._stream
         target = self._target
@@ -206,7 +228,8 @@ class TreeSpanExporter(SpanExporter):
         if target.lower() == "stdout":
             return sys.stdout
         try:
-            self._stream = open(target, "a", encoding="utf-8")  # closed at shutdown
+            # Never blocks: a FIFO nobody reads fails here instead of hanging the exit.
+            self._stream = TreeFile(target)  # closed at shutdown
             self._owns_stream = True
         except OSError as exc:
             warnings.warn(

@@ -53,6 +53,9 @@ VALIDATED: dict[str, tuple[str, ...] | None] = {
     "CTXRELAY_DROP_HOPS": None,  # glob patterns (an on/off value warns: test_config)
     "CTXRELAY_TREE_FILE": None,  # read by the tree exporter: tested below
     "CTXRELAY_RUN": None,  # internal marker set by `ctxrelay run`, not a setting
+    "CTXRELAY_DOCTOR": ("allowed values", ".json"),
+    "CTXRELAY_DOCTOR_LATE": ("allowed values", "seconds"),
+    "CTXRELAY_DOCTOR_PINNED": ("allowed values", "seconds"),
 }
 
 

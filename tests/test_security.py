@@ -12,6 +12,7 @@ scan can see it when it is there.  Finally, attribute sizes are bounded even for
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import socket
 import socketserver
@@ -55,6 +56,19 @@ def run_threads(seen: Seen) -> None:
     ):
         thread.start()
         thread.join()
+
+
+def run_raw_thread(seen: Seen) -> None:
+    done = threading.Event()
+
+    def body() -> None:
+        try:
+            seen.work(SECRET)
+        finally:
+            done.set()
+
+    _thread.start_new_thread(body, ())
+    assert done.wait(10)
 
 
 def run_futures(seen: Seen) -> None:
@@ -213,6 +227,7 @@ def run_celery(seen: Seen) -> None:
 
 SCENARIOS: dict[str, Callable[[Seen], None]] = {
     "threading": run_threads,
+    "_thread": run_raw_thread,
     "futures": run_futures,
     "asyncio": run_asyncio,
     "thread_pool": run_thread_pool,

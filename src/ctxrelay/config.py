@@ -36,6 +36,8 @@ class Settings:
     enabled: bool = False
     #: CTXRELAY_HOP_SPANS: record a span per hand-over to another thread.
     hop_spans: bool = True
+    #: CTXRELAY_HOP_SPANS=all: also record hand-overs with no active span (new traces).
+    hop_roots: bool = False
     #: CTXRELAY_LISTENER_SPANS: record spans per event-bus dispatch and listener call.
     listener_spans: bool = True
     #: CTXRELAY_INCLUDE: only these runners/buses (comma-separated); unset = all.
@@ -52,6 +54,13 @@ class Settings:
     drop_hops: tuple[str, ...] = ("framework",)
     #: CTXRELAY_RECORD_PAYLOADS: record event payloads/arguments on listener spans.
     record_payloads: bool = False
+    #: CTXRELAY_DOCTOR: the context-loss report at exit; None off, "stderr", or a .json path.
+    doctor: str | None = None
+    #: CTXRELAY_DOCTOR_LATE: seconds after its span ended from which work counts as late.
+    doctor_late: float = 5.0
+    #: CTXRELAY_DOCTOR_PINNED: seconds a thread may hold a captured context before it
+    #: counts as pinning it.
+    doctor_pinned: float = 30.0
     #: Problems found while reading; each already warned once.
     problems: tuple[str, ...] = field(default=(), compare=False)
 
@@ -92,7 +101,14 @@ def _warn(problems: list[str], key: str, raw: str, message: str) -> None:
         pass
 
 
-def _bool(env: Mapping[str, str], key: str, default: bool, problems: list[str]) -> bool:
+def _bool(
+    env: Mapping[str, str],
+    key: str,
+    default: bool,
+    problems: list[str],
+    extra: tuple[str, ...] = (),
+) -> bool:
+    """A boolean setting; ``extra`` lists the other values the caller accepts itself."""
     raw = env.get(PREFIX + key)
     if raw is None or not raw.strip():  # ``VAR=`` in a shell or a compose file means unset
         return default
@@ -106,7 +122,59 @@ def _bool(env: Mapping[str, str], key: str, default: bool, problems: list[str]) 
         key,
         raw,
         f"ctxrelay: {PREFIX}{key}={shown(raw)} is not a boolean; allowed values: "
-        f"{', '.join(_TRUE + _FALSE[:-1])}. Using the default ({str(default).lower()}).",
+        f"{', '.join(_TRUE + _FALSE[:-1] + extra)}. Using the default ({str(default).lower()}).",
+    )
+    return default
+
+
+def _hop_spans(env: Mapping[str, str], problems: list[str]) -> tuple[bool, bool]:
+    """``(hop_spans, hop_roots)``: a boolean, or ``all`` for root hop spans as well."""
+    raw = env.get(PREFIX + "HOP_SPANS")
+    if raw is not None and raw.strip().lower() == "all":
+        return True, True
+    return _bool(env, "HOP_SPANS", True, problems, extra=("all",)), False
+
+
+def _doctor(env: Mapping[str, str], problems: list[str]) -> str | None:
+    """``CTXRELAY_DOCTOR``: a boolean (on: the report goes to stderr) or a ``.json`` path."""
+    raw = env.get(PREFIX + "DOCTOR")
+    if raw is None or not raw.strip():
+        return None
+    value = raw.strip()
+    if value.lower() in _TRUE:
+        return "stderr"
+    if value.lower() in _FALSE:
+        return None
+    if value.lower().endswith(".json"):
+        return value
+    _warn(
+        problems,
+        "DOCTOR",
+        raw,
+        f"ctxrelay: {PREFIX}DOCTOR={shown(raw)} is neither a boolean nor a .json path; "
+        f"allowed values: {', '.join(_TRUE)} (report on stderr), {', '.join(_FALSE[:-1])}, "
+        "or a file path ending in .json (the report as JSON). Using the default (off).",
+    )
+    return None
+
+
+def _seconds(env: Mapping[str, str], key: str, default: float, problems: list[str]) -> float:
+    """A duration in seconds, greater than 0."""
+    raw = env.get(PREFIX + key)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = -1.0
+    if value > 0 and value != float("inf"):
+        return value
+    _warn(
+        problems,
+        key,
+        raw,
+        f"ctxrelay: {PREFIX}{key}={shown(raw)} is not a duration; allowed values: a number "
+        f"of seconds greater than 0 (0.5, 30). Using the default ({default:g}).",
     )
     return default
 
@@ -216,9 +284,11 @@ def from_env(
     known = list(known)
     include = _known_names(env, "INCLUDE", known, problems, "all runners and buses")
     exclude = _known_names(env, "EXCLUDE", known, problems, "none excluded") or frozenset()
+    hop_spans, hop_roots = _hop_spans(env, problems)
     return Settings(
         enabled=_bool(env, "ENABLED", enabled_default, problems),
-        hop_spans=_bool(env, "HOP_SPANS", True, problems),
+        hop_spans=hop_spans,
+        hop_roots=hop_roots,
         listener_spans=_bool(env, "LISTENER_SPANS", True, problems),
         include=include,
         exclude=exclude,
@@ -226,6 +296,9 @@ def from_env(
         detach=_detach_patterns(env, problems),
         record_payloads=_bool(env, "RECORD_PAYLOADS", False, problems),
         drop_hops=_drop_hops(env, problems),
+        doctor=_doctor(env, problems),
+        doctor_late=_seconds(env, "DOCTOR_LATE", Settings.doctor_late, problems),
+        doctor_pinned=_seconds(env, "DOCTOR_PINNED", Settings.doctor_pinned, problems),
         problems=tuple(problems),
     )
 

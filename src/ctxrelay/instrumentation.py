@@ -7,7 +7,7 @@ This is the only module that knows both the settings and the table; the mechanis
 from __future__ import annotations
 
 import threading
-from typing import Iterable
+from typing import Iterable, Literal
 
 from opentelemetry.trace import TracerProvider
 
@@ -39,7 +39,7 @@ def _select(
 def instrument(
     *,
     tracer_provider: TracerProvider | None = None,
-    spans: bool | None = None,
+    spans: bool | Literal["all"] | None = None,
     listener_spans: bool | None = None,
     include: Iterable[str] | None = None,
     exclude: Iterable[str] | None = None,
@@ -54,7 +54,8 @@ def instrument(
     patched set, if ``include``/``exclude`` changed).  Arguments left as ``None`` come
     from the ``CTXRELAY_*`` environment variables (see ``docs/configuration.md``).
 
-    ``spans=False`` gives propagation only; ``tracer_provider`` defaults to the global
+    ``spans=False`` gives propagation only; ``spans="all"`` also records hand-overs
+    with no active span, as new traces (root hop spans); ``tracer_provider`` defaults to the global
     one (followed lazily, so the application may set it after this call).
     ``drop_hops``: glob patterns of hops never recorded (``framework`` = the built-in
     list of framework-internal helpers, the default; ``[]`` or ``["none"]`` keeps all).
@@ -66,11 +67,12 @@ def instrument(
         settings = config.from_env(known=table.names(), enabled_default=True)
         _configure_spans(
             tracer_provider,
-            settings.hop_spans if spans is None else spans,
+            settings.hop_spans if spans is None else bool(spans),
             settings.listener_spans if listener_spans is None else listener_spans,
             settings.detach if detach is None else tuple(detach),
             settings.record_payloads if record_payloads is None else record_payloads,
             settings.drop_hops if drop_hops is None else tuple(drop_hops),
+            settings.hop_roots if spans is None else spans == "all",
         )
         relay.skip_vars(frozenset(settings.skip_vars if skip_vars is None else skip_vars))
         left_behind.watch()  # variables that belong to their thread are never carried
@@ -90,10 +92,12 @@ def _configure_spans(
     detach: tuple[str, ...],
     record_payloads: bool,
     drop_hops: tuple[str, ...],
+    hop_roots: bool,
 ) -> None:
     spans.configure(
         tracer_provider=provider,
         hops=hops,
+        hop_roots=hop_roots,
         listeners=listeners,
         detach=config.detach_predicate(detach),
         record_payloads=record_payloads,

@@ -126,6 +126,7 @@ class _Settings:
         "detach",
         "detach_only",
         "drop",
+        "hop_roots",
         "hops",
         "listeners",
         "record_payloads",
@@ -134,6 +135,8 @@ class _Settings:
 
     def __init__(self) -> None:
         self.hops = False
+        #: CTXRELAY_HOP_SPANS=all: a hand-over with no active span starts a new trace.
+        self.hop_roots = False
         self.listeners = False
         #: opt-in (CTXRELAY_RECORD_PAYLOADS): listener spans may describe event payloads.
         self.record_payloads = False
@@ -189,10 +192,13 @@ def configure(
     detach: Callable[[str, Any], bool] | None = None,
     record_payloads: bool = False,
     drop_hops: tuple[str, ...] | None = None,
+    hop_roots: bool = False,
 ) -> None:
     """Choose the tracer and which spans are recorded. Called by ``instrument()``.
 
     ``drop_hops``: patterns of hops never recorded; None = ``framework`` (the default).
+    ``hop_roots``: a hand-over with no active span records its hop span as the root of
+    a new trace instead of recording nothing (``CTXRELAY_HOP_SPANS=all``).
     """
     # Without an explicit provider, follow the global one (set later by the application,
     # or replaced): activation at start-up may run before the app's own set-up.
@@ -202,6 +208,7 @@ def configure(
         settings.tracer = tracer_provider.get_tracer("ctxrelay", __version__)
     settings.hops = hops or detach is not None
     settings.detach_only = not hops and detach is not None
+    settings.hop_roots = hops and hop_roots
     settings.listeners = listeners
     settings.detach = detach
     settings.record_payloads = record_payloads
@@ -212,6 +219,7 @@ def disable() -> None:
     """Record nothing (after ``uninstrument()``); work still in flight ends its spans."""
     settings.hops = False
     settings.detach_only = False
+    settings.hop_roots = False
     settings.listeners = False
 
 
@@ -237,8 +245,10 @@ def admit(runner: str) -> Hop | None:
     a server's or a library's own threads would otherwise flood the backend with
     one-span traces (propagation happens either way); nor under an unsampled parent or
     while instrumentation is suppressed (:func:`ctxrelay.otel_fast.parent_allows`).
+    With ``CTXRELAY_HOP_SPANS=all`` (``settings.hop_roots``) a hand-over with no active
+    span records its hop span as the root of a new trace.
     """
-    if settings.hops and parent_allows(root=False):
+    if settings.hops and parent_allows(root=settings.hop_roots):
         return Hop(runner)
     return None
 

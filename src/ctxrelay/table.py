@@ -15,6 +15,7 @@ from ctxrelay.patching import Patch
 #: runner modules under ctxrelay.runners
 RUNNERS: tuple[str, ...] = (
     "threads",
+    "raw_threads",
     "futures",
     "asyncio",
     "thread_pool",

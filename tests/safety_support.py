@@ -5,6 +5,7 @@ what each run produced, to compare."""
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -49,6 +50,20 @@ def _message(exc: BaseException | None) -> str:
         return str(exc)
     except Exception:
         return "<str() raises>"
+
+
+#: CPython 3.14's ``sys.flags.thread_inherit_context``: with it on, a bare thread starts
+#: in a copy of its starter's context, so the bare baseline of a thread scenario is
+#: the very leak some of these tests check ctxrelay does not add.
+BARE_THREADS_INHERIT = bool(getattr(sys.flags, "thread_inherit_context", 0))
+
+
+def assert_expected(bare: Outcome, instrumented: Outcome, expected: Outcome) -> None:
+    """ctxrelay gives ``expected``; so does bare Python, unless its threads inherit."""
+    assert instrumented == expected
+    if not BARE_THREADS_INHERIT:
+        assert bare == expected
+        assert_same(bare, instrumented)
 
 
 def differential(

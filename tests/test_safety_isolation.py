@@ -27,7 +27,15 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ctxrelay import attributes
-from safety_support import HANG, Outcome, assert_same, collected, differential
+from safety_support import (
+    BARE_THREADS_INHERIT,
+    HANG,
+    Outcome,
+    assert_expected,
+    assert_same,
+    collected,
+    differential,
+)
 
 REQUEST: ContextVar[tuple[str, Any]] = ContextVar("safety_request")
 
@@ -116,8 +124,7 @@ def test_pool_workers_never_capture_whatever_is_excluded(
 ) -> None:
     bare, instrumented = differential(POOLS[pool], **selection)
     expected_b = "B" if pool == "anyio.to_thread" else None  # anyio copies per call itself
-    assert bare == Outcome(value=expected_b, extra={"A pinned": False})
-    assert_same(bare, instrumented)
+    assert_expected(bare, instrumented, Outcome(value=expected_b, extra={"A pinned": False}))
 
 
 # --- long-lived stdlib helper threads started inside a request -------------------------
@@ -179,8 +186,9 @@ def test_stdlib_helper_threads_neither_pin_a_request_nor_record_a_hop(
     helper: str, exporter: InMemorySpanExporter
 ) -> None:
     bare, instrumented = differential(HELPERS[helper])
-    assert bare.extra == {"A pinned": False}
-    assert_same(bare, instrumented)
+    assert instrumented.extra == {"A pinned": False}
+    if not BARE_THREADS_INHERIT:
+        assert_same(bare, instrumented)
     thread_hops = [
         s.name
         for s in exporter.get_finished_spans()
@@ -229,6 +237,7 @@ def _reload_run(mode: str) -> dict[str, Any]:
 def test_reloading_a_patched_module_leaks_nothing_between_requests() -> None:
     bare = _reload_run("bare")
     instrumented = _reload_run("instrumented")
-    assert bare == {"A saw": None, "B saw": None, "A pinned": False}
+    if not BARE_THREADS_INHERIT:
+        assert bare == {"A saw": None, "B saw": None, "A pinned": False}
     # With ctxrelay each request's task sees its own request, and nothing pins A.
     assert instrumented == {"A saw": "A", "B saw": "B", "A pinned": False}

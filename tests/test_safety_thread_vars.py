@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from ctxrelay import left_behind
-from safety_support import HANG, Outcome, assert_same, differential
+from safety_support import (
+    BARE_THREADS_INHERIT,
+    HANG,
+    Outcome,
+    assert_expected,
+    differential,
+)
 
 anyio = pytest.importorskip("anyio")
 sniffio = pytest.importorskip("sniffio")
@@ -61,8 +67,7 @@ def _in_pool(fn: Any) -> Any:
 @pytest.mark.parametrize("start", [_in_thread, _in_pool], ids=["Thread", "submit"])
 def test_another_thread_is_not_inside_the_event_loop(start: Any) -> None:
     bare, instrumented = differential(lambda: _library_seen_in(start))
-    assert bare.value == "none"
-    assert_same(bare, instrumented)
+    assert_expected(bare, instrumented, Outcome(value="none"))
 
 
 def test_a_blocking_portal_starts_in_a_thread_started_from_async_code() -> None:
@@ -85,8 +90,7 @@ def test_a_blocking_portal_starts_in_a_thread_started_from_async_code() -> None:
         return Outcome(value=anyio.run(main))
 
     bare, instrumented = differential(scenario)
-    assert bare.value == 3
-    assert_same(bare, instrumented)
+    assert_expected(bare, instrumented, Outcome(value=3))
 
 
 VAR: ContextVar[str] = ContextVar("safety_thread_vars", default="unset")
@@ -103,5 +107,6 @@ def test_the_rest_of_the_context_is_still_carried() -> None:
         return Outcome(value=anyio.run(main))
 
     bare, instrumented = differential(scenario)
-    assert bare.value == ("unset", None)
+    if not BARE_THREADS_INHERIT:
+        assert bare.value == ("unset", None)
     assert instrumented.value == ("request", None)

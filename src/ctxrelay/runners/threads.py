@@ -34,7 +34,8 @@ NAME = "threading"
 logger = logging.getLogger("ctxrelay")
 
 #: Where the capture for a thread waits between ``start()`` and its first instruction:
-#: ``(context or None, hop or None, what the span is named after, explicit context=)``.
+#: ``(context or None, hop or None, what the span is named after, explicit context=,
+#: whether the copy was put in thread._context instead (3.14))``.
 _CARRIED = "_ctxrelay_carried"
 #: 3.14+: set when ``Thread(context=...)`` was given explicitly (it wins).
 _EXPLICIT = "_ctxrelay_explicit_context"
@@ -146,16 +147,18 @@ def _take_capture(thread: threading.Thread, explicit: bool, inherit_flag: bool) 
     )
     named = _named(thread)
     context, hop = relay.hand_over(runner_of(thread), named, carry=carry)
+    in_thread_context = False
     if _HAS_THREAD_CONTEXT and context is not None:
         # 3.14's _bootstrap_inner runs self.run() inside self._context, which
         # start() has just set to an empty Context() (or, with the flag on, to a
         # full copy that CTXRELAY_SKIP_VARS must filter): replace it by the copy.
         _set_thread_context(thread, context)
         context = None
-    if context is not None or hop is not None:
+        in_thread_context = True
+    if context is not None or hop is not None or in_thread_context:
         # An explicit context= may hold no span at all (Context()): whether the hop has
         # a parent is only known inside it, in the new thread (see _start_span).
-        thread.__dict__[_CARRIED] = (context, hop, named, explicit)
+        thread.__dict__[_CARRIED] = (context, hop, named, explicit, in_thread_context)
 
 
 def _set_thread_context(thread: threading.Thread, context: Context | None) -> None:
@@ -179,7 +182,7 @@ def _run_in_carried(
         carried = None
     if carried is None:  # started before instrument(), or exempt (a pool's worker)
         return wrapped(*args, **kwargs)
-    context, hop, named, explicit = carried
+    context, hop, named, explicit, _ = carried
     del carried
     if context is None:  # 3.14: the run happens in thread._context
         try:
@@ -295,9 +298,15 @@ def _mark_explicit_context(
 
 def _drop_pending_captures(threading_module: Any) -> None:
     """After ``_bootstrap_inner`` is unwrapped: threads started but not yet running
-    would keep their capture on the instance for their whole life, unused."""
+    would keep their capture on the instance for their whole life, unused (on 3.14,
+    in ``thread._context``: it starts empty instead, as an uncarried thread does)."""
     for thread in threading_module.enumerate():
-        _forget(thread)
+        try:
+            carried = thread.__dict__.pop(_CARRIED, None)
+            if carried is not None and carried[4]:
+                _set_thread_context(thread, Context())
+        except Exception:  # pragma: no cover - defensive
+            pass
 
 
 _START = (

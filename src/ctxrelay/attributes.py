@@ -152,7 +152,8 @@ def subject_of(fn: Any, args: tuple[Any, ...] = ()) -> Any:
     if not _subjects:
         return fn
     try:
-        inner, kwargs = fn, {}
+        inner: Any = fn
+        kwargs: dict[str, Any] = {}
         while type(inner) is functools.partial:
             args = (*inner.args, *args)
             kwargs = {**inner.keywords, **kwargs}

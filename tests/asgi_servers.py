@@ -10,7 +10,8 @@ import contextlib
 import socket
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 #: Bound for every wait on a server (start, stop); never reached when things work.
 SERVER_TIMEOUT_S = 15.0

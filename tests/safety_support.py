@@ -8,8 +8,9 @@ import gc
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from opentelemetry import trace
 

@@ -9,7 +9,8 @@ before the server thread starts: that thread inherits the caller's context at st
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

@@ -14,8 +14,9 @@ import multiprocessing
 import operator
 import threading
 import weakref
+from collections.abc import Callable
 from multiprocessing.pool import Pool, ThreadPool
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

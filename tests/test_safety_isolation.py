@@ -18,10 +18,11 @@ import queue
 import subprocess
 import sys
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
 from multiprocessing.pool import ThreadPool
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

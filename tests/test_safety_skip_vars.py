@@ -8,9 +8,10 @@ the setting was made is skipped too.  (What it costs: ``make bench``.)
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

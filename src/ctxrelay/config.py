@@ -11,8 +11,9 @@ import fnmatch
 import os
 import threading
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 __all__ = ["ConfigWarning", "Settings", "from_env", "shown"]
 

@@ -31,8 +31,9 @@ import _thread
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["initializing", "watch", "when_imported"]
 

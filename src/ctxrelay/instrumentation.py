@@ -7,7 +7,8 @@ This is the only module that knows both the settings and the table; the mechanis
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 from opentelemetry.trace import TracerProvider
 

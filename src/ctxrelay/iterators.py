@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
+from collections.abc import Callable
 from contextvars import Context
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ctxrelay.relay import capture
 

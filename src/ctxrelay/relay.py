@@ -25,8 +25,9 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from contextvars import Context, copy_context
-from typing import Any, Callable, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from ctxrelay import left_behind, spans
 from ctxrelay.spans import settings as _span_settings

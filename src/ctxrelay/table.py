@@ -8,7 +8,7 @@ never import the framework they patch (that is patched when the application impo
 from __future__ import annotations
 
 import importlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from ctxrelay.patching import Patch
 

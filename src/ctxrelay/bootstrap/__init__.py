@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["RUN_MARKER", "SITE_DIR", "activate", "activated_by", "configure_sdk"]
 

@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import wrapt
 from opentelemetry import context as otel_context

@@ -9,7 +9,8 @@ back by the next ``instrument()`` (this module's ``PATCHES`` is in the table).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ctxrelay import patching
 from ctxrelay.listeners import _dispatch

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import threading
 import types
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = [
     "EXEMPT_CLASSES",

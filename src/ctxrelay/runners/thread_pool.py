@@ -32,8 +32,9 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from contextvars import Context, copy_context
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ctxrelay import relay, spans
 from ctxrelay.patching import Patch

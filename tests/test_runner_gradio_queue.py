@@ -14,7 +14,8 @@ hop spans for the static files it serves (unless asked to).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

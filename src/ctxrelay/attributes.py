@@ -7,7 +7,8 @@ Nothing here reads settings or OpenTelemetry state: it is words only.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 try:  # semantic conventions >= 0.54b0 have the stable code.* names
     from opentelemetry.semconv.attributes.code_attributes import CODE_FUNCTION_NAME

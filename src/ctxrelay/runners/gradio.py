@@ -49,8 +49,9 @@ event loop, so its ``finally`` blocks run in the job's task context, not its own
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextvars import Context, copy_context
-from typing import Any, Callable
+from typing import Any
 
 from ctxrelay import attributes, iterators, relay, spans
 from ctxrelay.patching import Patch

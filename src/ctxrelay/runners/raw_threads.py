@@ -22,8 +22,9 @@ from __future__ import annotations
 import _thread
 import logging
 import threading
+from collections.abc import Callable
 from contextvars import Context
-from typing import Any, Callable
+from typing import Any
 
 from ctxrelay import relay, spans
 from ctxrelay.patching import Patch

@@ -1,0 +1,161 @@
+"""Instructions per operation, counted by callgrind: figures a noisy machine cannot move.
+
+``make bench`` reports CPU time, which a shared 2-core machine under load inflates
+(cache misses, frequency changes, neighbours).  ``valgrind --tool=callgrind`` counts
+the instructions the process executes, all of its threads together, whatever else the
+machine is doing: the same binary, inputs and environment give the same count to a few
+parts in ten thousand.  Instructions are not time (a cache miss costs more than an
+add), so these figures complement the timed ones, they do not replace them.
+
+Each (configuration, scenario) runs twice, with ``n`` and ``2n`` operations, each in a
+fresh process under callgrind; the difference divided by ``n`` is the cost of one
+operation, with the interpreter's start-up and the set-up cancelled out.
+
+    .venv/bin/python benchmarks/instructions.py            # every scenario, ~10 min
+    .venv/bin/python benchmarks/instructions.py --only thread,hop_span
+
+Configurations are those of ``workloads.py`` (bare, ctxrelay spans off, sampled,
+unsampled, the OpenTelemetry threading instrumentor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+#: scenario -> (operations at n, configurations it is measured under)
+SCENARIOS: dict[str, tuple[int, tuple[str, ...]]] = {
+    # ThreadPoolExecutor(1): submit + run of a no-op task (the CPU cost of a pool hop)
+    "pool_hop": (2_000, ("bare", "off", "sampled", "unsampled", "otel")),
+    # Thread(target=noop).start(); join()
+    "thread": (300, ("bare", "off", "sampled", "otel")),
+    # the SDK's own span, the reference of the hop-span target
+    "sdk_span": (2_000, ("bare",)),
+    # the SDK span a hop is: 8 attributes at creation, made current, ended
+    "sdk_span_like_hop": (2_000, ("bare",)),
+}
+
+
+def _child(config: str, scenario: str, n: int) -> None:
+    import threading
+
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from workloads import _HOP_LIKE_ATTRIBUTES, noop, setup
+
+    _, tracer = setup(config)
+    root = tracer.start_span("root")
+    otel_context.attach(trace.set_span_in_context(root))
+    if scenario == "pool_hop":
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(noop).result()  # the worker exists before counting starts
+            for _ in range(n):
+                pool.submit(noop)
+    elif scenario == "thread":
+        for _ in range(n):
+            thread = threading.Thread(target=noop)
+            thread.start()
+            thread.join()
+    elif scenario == "sdk_span":
+        for _ in range(n):
+            tracer.start_span("x").end()
+    elif scenario == "sdk_span_like_hop":
+        for _ in range(n):
+            span = tracer.start_span("x", attributes=_HOP_LIKE_ATTRIBUTES)
+            token = otel_context.attach(trace.set_span_in_context(span))
+            otel_context.detach(token)
+            span.end()
+    os._exit(0)  # no exit-time work (the batch processor's flush) in the count
+
+
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def _count(config: str, scenario: str, n: int) -> int:
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        config,
+        scenario,
+        str(n),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CTXRELAY_", "OTEL_"))}
+    env["PYTHONPATH"] = str(HERE.parent / "src")
+    env["PYTHONHASHSEED"] = "0"  # the same dict layouts every run
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{config} {scenario} {n}: {done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def per_operation(config: str, scenario: str) -> float:
+    n = SCENARIOS[scenario][0]
+    return (_count(config, scenario, 2 * n) - _count(config, scenario, n)) / n
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated scenarios")
+    parser.add_argument("--child", nargs=3, metavar=("CONFIG", "SCENARIO", "N"))
+    args = parser.parse_args()
+    if args.child:
+        config, scenario, n = args.child
+        _child(config, scenario, int(n))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+    results: dict[tuple[str, str], float] = {}
+    for scenario in chosen:
+        for config in SCENARIOS[scenario][1]:
+            results[scenario, config] = per_operation(config, scenario)
+            print(f"{scenario:20} {config:10} {results[scenario, config]:12,.0f}", flush=True)
+    print()
+    _summary(results)
+    return 0
+
+
+def _summary(results: dict[tuple[str, str], float]) -> None:
+    """The added instructions per operation, and the ratios the targets are stated in."""
+    for scenario in ("pool_hop", "thread"):
+        bare = results.get((scenario, "bare"))
+        if bare is None:
+            continue
+        for config in ("off", "sampled", "unsampled", "otel"):
+            value = results.get((scenario, config))
+            if value is not None:
+                print(
+                    f"{scenario}: {config} adds {value - bare:,.0f} instructions per operation "
+                    f"({value / bare:.2f}x bare)"
+                )
+    sdk = results.get(("sdk_span", "bare"))
+    like = results.get(("sdk_span_like_hop", "bare"))
+    hop = results.get(("pool_hop", "sampled"))
+    off = results.get(("pool_hop", "off"))
+    if sdk and hop and off:
+        added = hop - off
+        print(f"hop span: {added:,.0f} instructions added, {added / sdk:.2f}x the SDK's bare span")
+        if like:
+            print(
+                f"  the SDK's own span with the hop's attributes, made current: {like:,.0f} "
+                f"({like / sdk:.2f}x); ctxrelay's share of the hop span: {added - like:,.0f}"
+            )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -271,6 +271,8 @@ def _noting_failures(
     a thread ends normally (``threading.excepthook`` ignores it): not a failure.
     """
     invoke = wrapped(*args, **kwargs)
+    if not spans.settings.hops:  # no hop span will be recorded for this thread
+        return invoke
 
     def invoke_excepthook(thread: threading.Thread) -> Any:
         try:

@@ -45,6 +45,7 @@ LABELS = {
     "sampled": "ctxrelay, sampled spans",
     "unsampled": "ctxrelay, unsampled parent",
     "otel": "OTel threading instrumentor",
+    "doctor": "ctxrelay, spans off, doctor on",
 }
 
 #: (key, label, unit divisor, unit): the per-operation scenarios, in table order.
@@ -236,6 +237,27 @@ def gc_table(
     return "\n".join(lines)
 
 
+def doctor_table(rounds: list[dict[str, dict[str, float]]], scale: float) -> str:
+    """The doctor off (``off``) and on (``doctor``) against bare, per task and end to end."""
+    lines = [
+        "| CPU time | bare | doctor off (spans off) | doctor on (spans off) "
+        "| doctor on minus off |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label, divisor, unit in SCENARIOS:
+        if key.startswith("sdk_span"):
+            continue
+        metric = f"{key}.cpu"
+        cells = [_fmt(median_of(rounds, c, metric), divisor) for c in ("bare", "off", "doctor")]
+        added = paired(rounds, "doctor", "off", metric) / divisor
+        lines.append(
+            f"| {scenario_label(label, scale)} ({unit}) | "
+            + " | ".join(cells)
+            + f" | {added:+.3g} {unit} |"
+        )
+    return "\n".join(lines)
+
+
 def targets(rounds: list[dict[str, dict[str, float]]]) -> list[tuple[str, str, str, bool]]:
     """(target, measured, how, met) for each performance target."""
     found: list[tuple[str, str, str, bool]] = []
@@ -377,6 +399,8 @@ def report(
     if set(CONFIGS) <= set(configs):
         parts += ["### Targets", targets_table(targets(rounds))]
         parts += ["### Added cost per task", added_cost_table(rounds)]
+    if {"bare", "off", "doctor"} <= set(configs):
+        parts += ["### The doctor", doctor_table(rounds, args.scale)]
     parts += [
         "### The garbage collector in the TPE(8) scenario",
         gc_table(rounds, configs, args.scale),

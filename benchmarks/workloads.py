@@ -19,7 +19,10 @@ inside a root span, so the only difference between them is the instrumentation):
                 per task;
 * ``unsampled`` ``ctxrelay.instrument(spans=True)`` under an unsampled root
                 (``ParentBased(ALWAYS_OFF)`` root sampler): no hop span may be made;
-* ``otel``      ``opentelemetry-instrumentation-threading``'s ``ThreadingInstrumentor``.
+* ``otel``      ``opentelemetry-instrumentation-threading``'s ``ThreadingInstrumentor``;
+* ``doctor``    ``off`` with the context-loss doctor on (``CTXRELAY_DOCTOR`` set to a
+                JSON file in a temporary directory): ``off`` is the same code with
+                the doctor off.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 
-CONFIGS = ("bare", "off", "sampled", "unsampled", "otel")
+CONFIGS = ("bare", "off", "sampled", "unsampled", "otel", "doctor")
 
 #: Operation counts at --scale 1.0 (the full run); --quick scales them down.
 COUNTS = {
@@ -86,15 +89,19 @@ def setup(config: str, preload: Sequence[str] = ()) -> tuple[TracerProvider, tra
     provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(DroppingExporter()))
     trace.set_tracer_provider(provider)
-    if config in ("off", "sampled", "unsampled"):
+    if config in ("off", "sampled", "unsampled", "doctor"):
+        import os
         import runpy
+        import tempfile
 
         import ctxrelay
 
         for path in preload:  # a proposed change, monkeypatched in before instrument()
             runpy.run_path(path, run_name="ctxrelay_bench_preload")
 
-        ctxrelay.instrument(spans=config != "off", listener_spans=False)
+        if config == "doctor":
+            os.environ["CTXRELAY_DOCTOR"] = os.path.join(tempfile.mkdtemp(), "report.json")
+        ctxrelay.instrument(spans=config not in ("off", "doctor"), listener_spans=False)
     elif config == "otel":
         from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 

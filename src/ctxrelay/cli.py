@@ -27,6 +27,10 @@ COMMANDS: dict[str, Command] = {
     "run": Command(
         "ctxrelay.cli:run", "run a command with ctxrelay activated in every Python it starts"
     ),
+    "doctor": Command(
+        "ctxrelay.doctor.command:main",
+        "run a command like `run` and report where context was lost, pinned or late",
+    ),
     "demo": Command("ctxrelay.demo:main", "run examples/demo_app.py without, then with ctxrelay"),
 }
 
@@ -103,20 +107,24 @@ def run(argv: Sequence[str]) -> int:
     if not args:
         print(RUN_USAGE, file=sys.stderr)
         return 2
-    env = run_environment(dict(os.environ))
+    return execute(args, run_environment(dict(os.environ)), "ctxrelay run")
+
+
+def execute(args: Sequence[str], env: dict[str, str], name: str) -> int:
+    """exec ``args`` (found on PATH) with ``env``; returns only if it cannot be executed."""
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         # exec replaces this process: signals, the exit status and the pid are CMD's own.
-        os.execvpe(args[0], args, env)
+        os.execvpe(args[0], list(args), env)
     except FileNotFoundError:
-        print(f"ctxrelay run: command not found: {args[0]}", file=sys.stderr)
+        print(f"{name}: command not found: {args[0]}", file=sys.stderr)
         return 127
     except PermissionError as exc:
-        print(f"ctxrelay run: cannot execute {args[0]}: {exc.strerror}", file=sys.stderr)
+        print(f"{name}: cannot execute {args[0]}: {exc.strerror}", file=sys.stderr)
         return 126
     except OSError as exc:
-        print(f"ctxrelay run: cannot execute {args[0]}: {exc}", file=sys.stderr)
+        print(f"{name}: cannot execute {args[0]}: {exc}", file=sys.stderr)
         return 126
     return 0  # pragma: no cover - execvpe does not return
 

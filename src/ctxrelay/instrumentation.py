@@ -78,6 +78,8 @@ def instrument(
         relay.skip_vars(frozenset(settings.skip_vars if skip_vars is None else skip_vars))
         left_behind.watch()  # variables that belong to their thread are never carried
         selected = _select(settings, include, exclude)
+        if settings.doctor is not None:
+            _start_doctor(settings, selected, skip_vars, detach)
         if selected == _selected:
             return
         if _selected is not None:
@@ -103,6 +105,23 @@ def _configure_spans(
         detach=config.detach_predicate(detach),
         record_payloads=record_payloads,
         drop_hops=drop_hops,
+    )
+
+
+def _start_doctor(
+    settings: config.Settings,
+    selected: frozenset[str],
+    skip_vars: Iterable[str] | None,
+    detach: Iterable[str] | None,
+) -> None:
+    """CTXRELAY_DOCTOR: observe the hand-overs and report at exit (imported only then)."""
+    from ctxrelay import doctor
+
+    doctor.start(
+        settings,
+        excluded=set(table.names()) - selected,
+        skipped=settings.skip_vars if skip_vars is None else skip_vars,
+        detach=settings.detach if detach is None else detach,
     )
 
 

@@ -1,0 +1,279 @@
+"""What the doctor notes while the program runs: counters and findings, never values.
+
+The :class:`Recorder` is the relay's hand-over observer (``relay.set_observer``): it is
+called in the origin thread after each hand-over was decided, with the runner, the
+function, the captured copy (None when the runner copies for itself) and the hop (None
+when no span is recorded).  From that alone it keeps:
+
+* a counter per runner: handed over, carried by ctxrelay's copy or the runner's own,
+  traced, and why not traced (no active span, unsampled parent, hop spans off);
+* late work: the span current at the hand-over had ended (the SDK's ``end_time``) more
+  than ``late`` seconds before; the call site is looked up only then;
+* pinned contexts: for work that is a whole thread, a weak reference to the captured
+  copy tells when the thread let go of it (the copy is freed when ``run()`` returns);
+* raw ``_thread.start_new_thread`` calls, by call site.
+
+Two things are not hand-overs and are noted by the doctor's own observation points
+(:mod:`ctxrelay.doctor.watch`): threads first seen through ``threading.current_thread()``
+(dummy threads: started by C code, or around the patches) and threads already running
+when the doctor started.
+
+What is recorded: runner names, qualified function names, thread names, call sites,
+counts and durations.  Never a ContextVar's value, never a span's name or attributes
+(they are values of OpenTelemetry's ContextVar), never call arguments.
+
+Memory is bounded: at most :data:`MAX_KEYS` distinct findings of each kind are kept, the
+rest are only counted (``dropped``).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import weakref
+from contextvars import Context
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from opentelemetry import trace
+
+from ctxrelay import spans
+from ctxrelay.doctor.callsite import call_site
+
+__all__ = ["THREAD_RUNNERS", "Late", "Pin", "Recorder", "Start"]
+
+#: Runners whose one piece of work is a whole thread's life.
+THREAD_RUNNERS = frozenset(
+    {"Thread", "Timer", "socketserver", "gradio", "_thread.start_new_thread"}
+)
+RAW_RUNNER = "_thread.start_new_thread"
+#: Distinct findings kept per kind; more are counted in ``dropped``.
+MAX_KEYS = 200
+
+# Column order of a runner's counter.
+HANDED, CARRIED, OWN_COPY, TRACED, NO_SPAN, UNSAMPLED, SPANS_OFF, OTHER = range(8)
+COLUMNS = (
+    "handed",
+    "carried",
+    "own_copy",
+    "traced",
+    "no_active_span",
+    "unsampled",
+    "spans_off",
+    "not_traced_other",
+)
+
+
+@dataclass
+class Late:
+    """Work handed over from the context of a span that had ended ``late_s`` before."""
+
+    runner: str
+    function: str
+    call_site: str | None
+    count: int = 0
+    worst_s: float = 0.0
+
+
+@dataclass
+class Pin:
+    """A thread that held a captured context; ``held_s`` is set once it let go."""
+
+    runner: str
+    function: str
+    thread: str | None
+    call_site: str | None
+    started: float
+    #: seconds it held the copy (up to the report, if ``still_held``)
+    held_s: float = 0.0
+    still_held: bool = False
+
+
+@dataclass
+class Start:
+    """A start that bypassed the hand-over patches (or a raw one they now carry)."""
+
+    kind: str  # "raw_thread" | "before_activation" | "foreign_thread" | "greenlet"
+    call_site: str | None
+    function: str | None = None
+    thread: str | None = None
+    carried: bool = False
+    count: int = 1
+    detail: str | None = None
+
+
+@dataclass
+class Findings:
+    """Everything the report is made of (a snapshot; see :meth:`Recorder.snapshot`)."""
+
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    late: list[Late] = field(default_factory=list)
+    pinned: list[Pin] = field(default_factory=list)
+    starts: list[Start] = field(default_factory=list)
+    dropped: int = 0
+
+
+def _thread_name_from_stack() -> str | None:
+    """The name of the ``threading.Thread`` whose ``start()`` is on the caller's stack."""
+    start_code = threading.Thread.start.__code__
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(16):
+        if frame is None:
+            return None
+        if frame.f_code is start_code:
+            thread = frame.f_locals.get("self")
+            name = getattr(thread, "name", None)
+            return name[: spans.MAX_ATTRIBUTE_LENGTH] if isinstance(name, str) else None
+        frame = frame.f_back
+    return None
+
+
+_RUN_IN_EXECUTOR = "run_in_executor"
+
+
+def _inside_run_in_executor() -> bool:
+    """True when ``loop.run_in_executor`` is on the caller's stack (it submits to a pool)."""
+    frame: FrameType | None = sys._getframe(2)
+    for _ in range(16):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name == _RUN_IN_EXECUTOR and code.co_filename.endswith("base_events.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class Recorder:
+    """The hand-over observer and the store of findings; thread-safe, never raises out."""
+
+    def __init__(self, late_s: float, pinned_s: float) -> None:
+        self.late_s = late_s
+        self.pinned_s = pinned_s
+        self._late_ns = int(late_s * 1e9)
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}
+        self._late: dict[tuple[str, str, str | None], Late] = {}
+        self._raw: dict[tuple[str | None, str], Start] = {}
+        self._starts: list[Start] = []
+        self._pins_alive: dict[int, tuple[weakref.ref[Context], Pin]] = {}
+        self._pins_done: list[Pin] = []
+        self._dropped = 0
+
+    # --- the observer -----------------------------------------------------------------
+    def __call__(self, runner: str, fn: Any, context: Context | None, hop: Any) -> None:
+        if context is None and runner == "ThreadPoolExecutor" and _inside_run_in_executor():
+            return  # the pool's half of a run_in_executor/to_thread hand-over: counted once
+        span = trace.get_current_span()
+        if hop is not None:
+            state = TRACED
+        elif not spans.settings.hops:
+            state = SPANS_OFF
+        else:
+            span_context = span.get_span_context()
+            if not span_context.is_valid:
+                state = NO_SPAN
+            elif not span_context.trace_flags.sampled:
+                state = UNSAMPLED
+            else:
+                state = OTHER  # instrumentation suppressed (the SDK exporting)
+        with self._lock:
+            row = self._counts.get(runner)
+            if row is None:
+                row = self._counts[runner] = [0] * len(COLUMNS)
+            row[HANDED] += 1
+            row[CARRIED if context is not None else OWN_COPY] += 1
+            row[state] += 1
+        end_time = getattr(span, "end_time", None)  # SDK spans; None while running
+        if end_time is not None:
+            late_ns = time.time_ns() - end_time
+            if late_ns > self._late_ns:
+                self._note_late(runner, fn, late_ns / 1e9)
+        if runner in THREAD_RUNNERS:
+            self._note_thread(runner, fn, context)
+
+    def _note_late(self, runner: str, fn: Any, late_s: float) -> None:
+        function = spans.callable_name(fn)
+        key = (runner, function, call_site())
+        with self._lock:
+            entry = self._late.get(key)
+            if entry is None:
+                if len(self._late) >= MAX_KEYS:
+                    self._dropped += 1
+                    return
+                entry = self._late[key] = Late(runner, function, key[2])
+            entry.count += 1
+            entry.worst_s = max(entry.worst_s, late_s)
+
+    def _note_thread(self, runner: str, fn: Any, context: Context | None) -> None:
+        site = call_site()
+        function = spans.callable_name(fn)
+        if runner == RAW_RUNNER:
+            with self._lock:
+                raw = self._raw.get((site, function))
+                if raw is not None:
+                    raw.count += 1
+                elif len(self._raw) < MAX_KEYS:
+                    self._raw[(site, function)] = Start(
+                        "raw_thread", site, function, carried=context is not None
+                    )
+                else:
+                    self._dropped += 1
+        if context is None:  # the thread copies for itself (3.14): nothing of ours to watch
+            return
+        pin = Pin(runner, function, _thread_name_from_stack(), site, time.monotonic())
+        ref = weakref.ref(context, self._let_go)
+        with self._lock:
+            if len(self._pins_alive) >= 10 * MAX_KEYS:
+                self._dropped += 1
+                return
+            self._pins_alive[id(ref)] = (ref, pin)
+
+    def _let_go(self, ref: weakref.ref[Context]) -> None:
+        """The captured copy was freed: the thread's run is over."""
+        try:
+            now = time.monotonic()
+            with self._lock:
+                entry = self._pins_alive.pop(id(ref), None)
+                if entry is None:
+                    return
+                pin = entry[1]
+                pin.held_s = now - pin.started
+                if pin.held_s >= self.pinned_s:
+                    if len(self._pins_done) < MAX_KEYS:
+                        self._pins_done.append(pin)
+                    else:
+                        self._dropped += 1
+        except Exception:
+            pass
+
+    # --- observation points other than hand-overs --------------------------------------
+    def note_start(self, start: Start) -> None:
+        with self._lock:
+            if len(self._starts) < MAX_KEYS:
+                self._starts.append(start)
+            else:
+                self._dropped += 1
+
+    # --- reading ------------------------------------------------------------------------
+    def snapshot(self) -> Findings:
+        """A consistent copy, worst first in each list."""
+        now = time.monotonic()
+        with self._lock:
+            counts = {runner: list(row) for runner, row in self._counts.items()}
+            late = [Late(**vars(entry)) for entry in self._late.values()]
+            pinned = [Pin(**vars(pin)) for pin in self._pins_done]
+            for _, pin in self._pins_alive.values():
+                held = now - pin.started
+                if held >= self.pinned_s:
+                    pinned.append(Pin(**{**vars(pin), "held_s": held, "still_held": True}))
+            starts = [Start(**vars(start)) for start in self._starts]
+            starts += [Start(**vars(start)) for start in self._raw.values()]
+            dropped = self._dropped
+        late.sort(key=lambda entry: (-entry.worst_s, -entry.count))
+        pinned.sort(key=lambda pin: -pin.held_s)
+        order = {"foreign_thread": 0, "before_activation": 1, "greenlet": 2, "raw_thread": 3}
+        starts.sort(key=lambda start: (order.get(start.kind, 9), -start.count))
+        return Findings(counts, late, pinned, starts, dropped)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+T = TypeVar("T")
 
 #: The real baseline "without ctxrelay", per interpreter and flag: does a new
 #: ``threading.Thread`` (or ``Timer``) see the context of the thread that started it?
@@ -14,6 +17,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 #: A pool's worker is such a thread too: under the flag, its first task sees the
 #: submitter that started the worker, and every later task sees that same stale copy.
 BASELINE_THREAD_INHERITS: bool = bool(getattr(sys.flags, "thread_inherit_context", 0))
+
+
+def baseline(lost: T, inherited: T) -> T:
+    """What work in a *new* thread sees without ctxrelay on this interpreter and flag.
+
+    ``lost`` before 3.14 and with ``thread_inherit_context=0``; ``inherited`` when
+    ``start()`` copies the starter's context (:data:`BASELINE_THREAD_INHERITS`), which
+    includes the first task of a pool whose worker that task's ``submit`` starts.
+    """
+    return inherited if BASELINE_THREAD_INHERITS else lost
+
 
 #: The free-threaded build with the GIL actually off (3.13t/3.14t).
 FREE_THREADED: bool = not getattr(sys, "_is_gil_enabled", lambda: True)()

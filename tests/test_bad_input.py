@@ -21,7 +21,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar, copy_context
+from contextvars import Context, ContextVar, copy_context
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ def test_every_variable_in_the_source_is_covered_here() -> None:
 def _carried() -> str:
     VAR.set("carried")
     with ThreadPoolExecutor(1) as pool:
+        # The worker starts here, in an empty context: started by the submit below, it
+        # would copy this one on 3.14 with thread_inherit_context=1 (CPython, not ctxrelay).
+        Context().run(pool.submit, int).result()
         return pool.submit(VAR.get).result()
 
 
@@ -122,14 +125,17 @@ def test_tree_file_that_cannot_be_opened_warns_and_writes_to_stderr(tmp_path: Pa
     assert "tree-root" in capsys.readouterr().err
 
 
+# A pool whose worker started in an empty context: only ctxrelay carries the value to
+# its task, on every interpreter (a new thread would inherit it on 3.14 with
+# thread_inherit_context=1, and so would a worker started by the submit itself).
 APP = """
-import contextvars, threading
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 var = contextvars.ContextVar("v", default="EMPTY")
 var.set("carried")
-box = []
-t = threading.Thread(target=lambda: box.append(var.get()))
-t.start(); t.join()
-print("app ran:", box[0])
+with ThreadPoolExecutor(1) as pool:
+    contextvars.Context().run(pool.submit, int).result()
+    print("app ran:", pool.submit(var.get).result())
 """
 
 

@@ -17,6 +17,7 @@ import wrapt
 from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
 import ctxrelay
+from helpers import baseline
 
 #: wrapt 2.x: FunctionWrapper derives from BaseObjectProxy, no longer ObjectProxy
 PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
@@ -71,7 +72,10 @@ ORDERS = {
 @pytest.mark.parametrize("order", list(ORDERS.values()), ids=list(ORDERS))
 def test_either_order_keeps_a_working_consistent_state(order, otel_threading) -> None:
     clean = _state()
-    assert _carried() == ("EMPTY", "EMPTY"), "the loss, before anything is instrumented"
+    # The loss before anything is instrumented (3.14 with the flag on: start() copies,
+    # and this fresh pool's worker starts inside the submit).
+    lost = baseline(("EMPTY", "EMPTY"), ("carried", "carried"))
+    assert _carried() == lost
     steps = {
         "otel": otel_threading.instrument,
         "-otel": otel_threading.uninstrument,
@@ -83,7 +87,7 @@ def test_either_order_keeps_a_working_consistent_state(order, otel_threading) ->
         if ctxrelay.is_instrumented():
             assert _carried() == ("carried", "carried"), f"after {step}"
         else:
-            assert _carried() == ("EMPTY", "EMPTY"), f"after {step}: ctxrelay is off"
+            assert _carried() == lost, f"after {step}: ctxrelay is off"
         if otel_threading.is_instrumented_by_opentelemetry:
             assert isinstance(threading.Thread.__dict__["start"], PROXY)
     assert _state() == clean, "every class is left as it was"

@@ -29,6 +29,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, forma
 import ctxrelay
 from ctxrelay.config import ConfigWarning
 from ctxrelay.exporters.tree import TreeSpanExporter
+from helpers import baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,10 +117,12 @@ def test_a_trace_across_threads_renders_as_one_tree_with_hops_marked() -> None:
     provider, _, out = _tree_provider()
     tracer = provider.get_tracer("test")
 
-    # Without ctxrelay the work in the other threads starts new traces: three trees.
+    # Without ctxrelay the work in the other threads starts new traces: three trees
+    # (one on 3.14 with the flag on: start() copies, and the pool's worker starts in the
+    # submit; no hop marks either way).
     _scenario(tracer)
     without = _trees(out.getvalue())
-    assert len(without) == 3, out.getvalue()
+    assert len(without) == baseline(3, 1), out.getvalue()
     assert not any("⇢" in line for tree in without for line in tree)
 
     out.seek(0)

@@ -12,6 +12,7 @@ from griptape.events import BaseEvent, EventBus, EventListener
 
 import ctxrelay
 from ctxrelay import attributes as keys
+from helpers import baseline
 from listener_helpers import (
     assert_failed,
     assert_listener_tree,
@@ -159,7 +160,10 @@ def test_listener_fires_in_a_worker_thread_only_with_ctxrelay(exporter, tracer):
         ThreadPoolExecutor(1, thread_name_prefix="w") as pool,
     ):
         pool.submit(publish).result()
-    assert seen == []  # without ctxrelay the worker's bus has no listener at all
+    # Without ctxrelay the worker's bus has no listener at all (3.14 with the flag on:
+    # this fresh pool's worker starts in the submit, with a copy of the caller's).
+    assert seen == baseline([], ["w_0"])
+    seen.clear()
 
     ctxrelay.instrument()
     with (

@@ -23,11 +23,12 @@ import tracemalloc
 import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextvars import ContextVar, copy_context
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
 import ctxrelay
+from helpers import BASELINE_THREAD_INHERITS
 
 ORIGIN: ContextVar[int] = ContextVar("load_origin")
 TASK: ContextVar[int] = ContextVar("load_task")
@@ -46,19 +47,25 @@ class Tally:
     wrong: int = 0
     leftovers: int = 0
     lost: int = 0
+    #: ``+=`` on an attribute is a read then a write: without the GIL (3.14t) two
+    #: failing tasks at once would count one.  Only failures take the lock.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + 1)
 
 
 def _task(tally: Tally, origin: int, index: int) -> None:
-    # Each index is written by exactly one task; the counters only move on failure,
-    # which the assertions report, so the unsynchronised += is not a concern there.
+    # Each index is written by exactly one task: no lock needed for runs.
     tally.runs[index] += 1
     task = TASK.get(None)
     if task is None:
-        tally.lost += 1
+        tally.count("lost")
     elif task != index or ORIGIN.get(None) != origin:
-        tally.wrong += 1
+        tally.count("wrong")
     if LEFTOVER.get(None) is not None:
-        tally.leftovers += 1
+        tally.count("leftovers")
     LEFTOVER.set(index)
 
 
@@ -174,12 +181,21 @@ def _assert_clean(tally: Tally, figures: dict[str, float], growth_limit: int) ->
 
 
 def test_pool_and_threads_lose_the_context_without_ctxrelay() -> None:
-    tally = Tally(bytearray(400))
+    pool_tally, thread_tally = Tally(bytearray(200)), Tally(bytearray(200))
     with ThreadPoolExecutor(WORKERS) as pool:
-        copy_context().run(_submit_all, pool, tally, 1, range(200))
-    copy_context().run(_start_threads, tally, 1, range(200, 400), 25)
-    assert tally.lost == 400
-    assert tally.runs.count(1) == 400
+        copy_context().run(_submit_all, pool, pool_tally, 1, range(200))
+    copy_context().run(_start_threads, thread_tally, 1, range(200), 25)
+    assert pool_tally.runs.count(1) == thread_tally.runs.count(1) == 200
+    if not BASELINE_THREAD_INHERITS:
+        assert (pool_tally.lost, thread_tally.lost) == (200, 200)
+        return
+    # 3.14 with thread_inherit_context=1: start() copies, so the threads are right; but a
+    # pool worker keeps the copy of the submit that started it (at most WORKERS of them)
+    # and runs every later task in it: a stale TASK, and the previous task's LEFTOVER.
+    assert (thread_tally.lost, thread_tally.wrong, thread_tally.leftovers) == (0, 0, 0)
+    assert pool_tally.lost == 0
+    assert pool_tally.wrong >= 200 - WORKERS
+    assert pool_tally.leftovers >= 200 - WORKERS
 
 
 # --- with ctxrelay ---------------------------------------------------------------------
@@ -292,5 +308,7 @@ def test_a_kept_thread_exception_does_not_retain_the_context(
     ref = copy_context().run(_start_failing_thread, seen)
     gc.collect()
     assert len(kept) == 1
-    assert seen == [instrumented_run]  # carried only with ctxrelay
-    assert ref() is None
+    # Carried only with ctxrelay, or by start() itself on 3.14 with the flag on; then the
+    # finished thread's _context (reached from the kept traceback) pins CPython's copy.
+    assert seen == [instrumented_run or BASELINE_THREAD_INHERITS]
+    assert (ref() is None) is (instrumented_run or not BASELINE_THREAD_INHERITS)

@@ -34,6 +34,7 @@ import pytest
 from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
 import ctxrelay
+from helpers import BASELINE_THREAD_INHERITS
 
 pytest.importorskip("griptape")
 import stacking_tools
@@ -50,9 +51,14 @@ def without_ctx(steps: tuple[str, ...]) -> tuple[str, ...]:
 def check(
     steps: tuple[str, ...], states: list[dict[str, Any]], baseline: list[dict[str, Any]]
 ) -> None:
-    assert not any(seen["var"] for state in baseline for seen in state["seen"].values()), (
-        "the loss: without ctxrelay no runner carries the ContextVar"
-    )
+    # The loss: without ctxrelay no runner carries the ContextVar.  3.14 with the flag
+    # on: every one does, as start() copies and each pool here is fresh (its worker
+    # starts in the submit); ctxrelay on must then still carry all of it.
+    assert all(
+        seen["var"] is BASELINE_THREAD_INHERITS
+        for state in baseline
+        for seen in state["seen"].values()
+    ), "the baseline"
     others = 0
     for state in states:
         if state["step"] not in (None, *CTX_STEPS):

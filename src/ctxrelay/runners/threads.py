@@ -155,9 +155,11 @@ def _take_capture(thread: threading.Thread, explicit: bool, inherit_flag: bool) 
         _set_thread_context(thread, context)
         context = None
         in_thread_context = True
-    if context is not None or hop is not None or in_thread_context:
+    if context is not None or hop is not None or _HAS_THREAD_CONTEXT:
         # An explicit context= may hold no span at all (Context()): whether the hop has
         # a parent is only known inside it, in the new thread (see _start_span).
+        # 3.14: marked even with nothing to carry (CPython's own copy under the flag),
+        # so that _run_in_carried drops thread._context once the thread has run.
         thread.__dict__[_CARRIED] = (context, hop, named, explicit, in_thread_context)
 
 

@@ -39,8 +39,9 @@ test-slow: venv phoenix
 	CTXRELAY_RUN_SLOW=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The suite (all but e2e; what needs a framework skips itself) on every CPython 3.10-3.13
-# under pyenv and on wrapt 1.17 / 2.x,
-# each in its own light venv (.venv-3.1x, .venv-wrapt1, .venv-wrapt2): see .ci/run.
+# under pyenv, on wrapt 1.17 / 2.x and on CPython 3.14 / 3.14t (thread_inherit_context 0
+# and 1; when ../shared/python is there), each in its own light venv (.venv-3.1x,
+# .venv-wrapt1, .venv-wrapt2, .venv-3.14, .venv-3.14t): see .ci/run.
 matrix:
 	PYTHON=$(PYTHON) .ci/run matrix
 

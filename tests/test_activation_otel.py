@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 
-from activation_support import VENV_BIN, base_env, carried, probe_of, probes, run, write_probe
+from activation_support import (
+    UNCARRIED,
+    VENV_BIN,
+    base_env,
+    carried,
+    probe_of,
+    probes,
+    run,
+    write_probe,
+)
 
 OTEL_APP = """\
 import json, sys, threading
@@ -108,7 +117,7 @@ def test_disabled_by_the_standard_variable_shows_the_loss(app_dir: Path) -> None
     # The threading instrumentor carries the trace, not the request's ContextVar.
     for key in ("thread", "pool"):
         assert report["seen"][key]["trace_id"] == report["root_trace"]
-        assert report["seen"][key]["request_id"] == "EMPTY"
+        assert report["seen"][key]["request_id"] == UNCARRIED[key]
     assert _tagged(result.stdout, "STEP")[0]["hops"] == []
 
 
@@ -133,14 +142,14 @@ def test_with_the_threading_instrumentor(app_dir: Path, order: tuple[str, str]) 
         assert carried(reports[1]) and steps[1]["hops"] == ["Thread", "ThreadPoolExecutor"]
     else:
         assert steps[1]["hops"] == []
-        assert all(reports[1]["seen"][k]["request_id"] == "EMPTY" for k in ("thread", "pool"))
+        assert all(reports[1]["seen"][k]["request_id"] == UNCARRIED[k] for k in UNCARRIED)
         assert all(
             reports[1]["seen"][k]["trace_id"] == reports[1]["root_trace"]
             for k in ("thread", "pool")
         )
 
     # Both off: plain Python again, and no wrapper of either left behind.
-    assert all(reports[2]["seen"][k]["request_id"] == "EMPTY" for k in ("thread", "pool"))
+    assert all(reports[2]["seen"][k]["request_id"] == UNCARRIED[k] for k in UNCARRIED)
     assert steps[2]["hops"] == [] and steps[2]["wrapped"] == []
 
 

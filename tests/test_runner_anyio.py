@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import sys
 import threading
 import weakref
 from typing import Any
@@ -158,6 +159,10 @@ def test_worker_threads_do_not_pin_the_starting_calls_context(
     ctxrelay.instrument()
     assert not _payload_pinned_by_idle_worker()
 
+    if sys.version_info >= (3, 14):
+        # anyio (4.16.0 read) starts its workers with Thread(context=Context()) on 3.14:
+        # that explicit context wins over the thread patch, exempt or not.
+        return
     # The exemption is what does it: without it, the thread patch would carry the first
     # call's context into WorkerThread.run for the worker's whole life.
     monkeypatch.setattr(_thread_roles, "EXEMPT_CLASSES", set())

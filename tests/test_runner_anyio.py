@@ -145,8 +145,16 @@ def _payload_pinned_by_idle_worker() -> bool:
         await asyncio.sleep(0)
         workers = [t for t in threading.enumerate() if t.name == "AnyIO worker thread"]
         assert workers, "the worker should still be idling"
-        gc.collect()
-        return ref() is not None
+        # The worker reports the result before it drops its locals (the item, with the
+        # call's context): without the GIL (3.14t) this thread may look in between.  A
+        # context that only a finished call held is gone within moments; a pinned one
+        # stays for the worker's life.
+        for _ in range(100):
+            gc.collect()
+            if ref() is None:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     return bool(in_fresh_context(main))
 

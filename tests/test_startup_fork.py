@@ -4,6 +4,7 @@ as without ctxrelay (same lifetime, same exit, quiet).  Real subprocesses, bare 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -73,13 +74,18 @@ def _both(tmp_path: Path, script: str, **env: str) -> tuple[object, object]:
             base_env({"OTEL_TRACES_EXPORTER": None, **env}, CTXRELAY_ENABLED=enabled),  # type: ignore[dict-item]
             tmp_path,
         )
-        outcomes.append((result.returncode, sorted(result.stdout.splitlines()), result.stderr))
+        # CPython's own warnings name the process id: equal runs must compare equal.
+        stderr = re.sub(r"pid=\d+", "pid=N", result.stderr)
+        outcomes.append((result.returncode, sorted(result.stdout.splitlines()), stderr))
     return outcomes[0], outcomes[1]
 
 
 def test_a_child_forked_from_a_thread_ends_as_without(tmp_path: Path) -> None:
     bare, on = _both(tmp_path, JOIN_IN_FORKED_FROM_THREAD)
-    assert bare == (0, ["child status 0", "end of main", "end of thread"], ""), bare
+    assert bare[:2] == (0, ["child status 0", "end of main", "end of thread"]), bare
+    # CPython 3.12+ warns that fork() in a multi-threaded process may deadlock when it
+    # can count the threads (3.14t does here): the interpreter's warning, bare or on.
+    assert bare[2] == "" or "use of fork() may lead to deadlocks" in bare[2], bare
     assert on == bare
 
 

@@ -8,7 +8,9 @@
   ``threading.current_thread()`` (MARK:foreign);
 * an asyncio background task created inside a request span that hands work to a pool
   ~1.2 s after the request ended (MARK:late);
-* with APP_INSTRUMENT=1, a thread started before ``ctxrelay.instrument()`` (MARK:early).
+* with APP_INSTRUMENT=1, a thread started before ``ctxrelay.instrument()`` (MARK:early);
+* two griptape ``EventBus`` dispatches, one inside a span, one outside (if griptape is
+  installed).
 
 A ContextVar holds a planted secret the whole time: the report must never show it.
 Exits with status 3 (APP_EXIT overrides), so the tests can check it is passed through.
@@ -103,7 +105,28 @@ async def serve(pool: ThreadPoolExecutor) -> None:
     assert await task == "enriched"
 
 
+def publish_events() -> None:
+    try:
+        from attrs import define
+        from griptape.events import BaseEvent, EventBus, EventListener
+    except ImportError:  # not in this environment: no bus row in the report
+        return
+
+    @define
+    class Ping(BaseEvent):
+        pass
+
+    EventBus.add_event_listeners([EventListener(lambda event: None)])
+    try:
+        EventBus.publish_event(Ping())  # outside any span: a root dispatch span
+        with tracer.start_as_current_span("agent run"):
+            EventBus.publish_event(Ping())
+    finally:
+        EventBus.clear_event_listeners()
+
+
 def main() -> int:
+    publish_events()
     done = threading.Event()
     _thread.start_new_thread(raw_work, (done,))  # MARK:raw
     assert done.wait(10)

@@ -29,6 +29,7 @@ from ctxrelay import relay, spans
 from ctxrelay.config import Settings
 from ctxrelay.doctor import report, watch
 from ctxrelay.doctor.recorder import Recorder
+from ctxrelay.listeners import _dispatch
 
 __all__ = ["is_on", "report_now", "start"]
 
@@ -66,6 +67,7 @@ def start(
         watch.watch_foreign_threads(recorder)
         _recorder = recorder
         relay.set_observer(recorder)
+        _dispatch.set_observer(recorder.dispatched)
         atexit.register(_at_exit)
 
 

@@ -109,6 +109,8 @@ class Findings:
     """Everything the report is made of (a snapshot; see :meth:`Recorder.snapshot`)."""
 
     counts: dict[str, list[int]] = field(default_factory=dict)
+    #: bus -> [dispatches with listeners, traced]
+    dispatches: dict[str, list[int]] = field(default_factory=dict)
     late: list[Late] = field(default_factory=list)
     pinned: list[Pin] = field(default_factory=list)
     starts: list[Start] = field(default_factory=list)
@@ -155,6 +157,7 @@ class Recorder:
         self._late_ns = int(late_s * 1e9)
         self._lock = threading.Lock()
         self._counts: dict[str, list[int]] = {}
+        self._dispatches: dict[str, list[int]] = {}
         self._late: dict[tuple[str, str, str | None], Late] = {}
         self._raw: dict[tuple[str | None, str], Start] = {}
         self._starts: list[Start] = []
@@ -249,6 +252,15 @@ class Recorder:
         except Exception:
             pass
 
+    def dispatched(self, bus: str, traced: bool) -> None:
+        """The listener buses' observer: one dispatch that had listeners."""
+        with self._lock:
+            row = self._dispatches.get(bus)
+            if row is None:
+                row = self._dispatches[bus] = [0, 0]
+            row[0] += 1
+            row[1] += traced
+
     # --- observation points other than hand-overs --------------------------------------
     def note_start(self, start: Start) -> None:
         with self._lock:
@@ -263,6 +275,7 @@ class Recorder:
         now = time.monotonic()
         with self._lock:
             counts = {runner: list(row) for runner, row in self._counts.items()}
+            dispatches = {bus: list(row) for bus, row in self._dispatches.items()}
             late = [Late(**vars(entry)) for entry in self._late.values()]
             pinned = [Pin(**vars(pin)) for pin in self._pins_done]
             for _, pin in self._pins_alive.values():
@@ -276,4 +289,4 @@ class Recorder:
         pinned.sort(key=lambda pin: -pin.held_s)
         order = {"foreign_thread": 0, "before_activation": 1, "greenlet": 2, "raw_thread": 3}
         starts.sort(key=lambda start: (order.get(start.kind, 9), -start.count))
-        return Findings(counts, late, pinned, starts, dropped)
+        return Findings(counts, dispatches, late, pinned, starts, dropped)

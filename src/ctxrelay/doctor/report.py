@@ -38,6 +38,10 @@ def build(findings: Findings, meta: dict[str, Any], in_effect: dict[str, Any]) -
         "schema": SCHEMA,
         **meta,
         "hand_overs": hand_overs,
+        "dispatches": [
+            {"bus": bus, "dispatched": row[0], "traced": row[1]}
+            for bus, row in sorted(findings.dispatches.items(), key=lambda item: -item[1][0])
+        ],
         "bypassed": [asdict(start) for start in findings.starts],
         "pinned": [_rounded(asdict(pin), "held_s") for pin in findings.pinned],
         "late": [_rounded(asdict(late), "worst_s") for late in findings.late],
@@ -152,8 +156,13 @@ def _more(count: int) -> list[str]:
 def _hand_overs(report: dict[str, Any]) -> list[str]:
     rows = report["hand_overs"]
     lines = ["1. Hand-overs"]
+    buses = [
+        f"  bus {row['bus']}: {row['dispatched']} dispatch(es) with listeners, "
+        f"{row['traced']} traced"
+        for row in report["dispatches"]
+    ]
     if not rows:
-        return [*lines, "  none"]
+        return [*lines, "  none", *buses]
     width = max(len(row["runner"]) for row in rows)
     lines.append(
         f"  {'runner':<{width}}  {'handed':>7}  {'carried':>7}  {'traced':>7}  {'no span':>7}"
@@ -172,7 +181,7 @@ def _hand_overs(report: dict[str, Any]) -> list[str]:
             f"  {row['runner']:<{width}}  {row['handed']:>7}  {carried:>7}  "
             f"{row['traced']:>7}  {row['no_active_span']:>7}{note}"
         )
-    return lines
+    return lines + buses
 
 
 _KIND = {

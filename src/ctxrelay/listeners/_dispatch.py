@@ -251,6 +251,16 @@ def current(bus: str | None = None) -> Dispatch | None:
 
 _Started = tuple[Dispatch, object, Token[Dispatch | None]]
 
+#: ``observer(bus, traced)``: told of each dispatch that has listeners, after the span
+#: decision (the doctor counts them); None when nothing observes.
+_observer: Callable[[str, bool], None] | None = None
+
+
+def set_observer(observer: Callable[[str, bool], None] | None) -> None:
+    """Have ``observer`` told of each dispatch with listeners from now on (None: stop)."""
+    global _observer
+    _observer = observer
+
 
 def _begin(
     bus: Bus, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -261,7 +271,13 @@ def _begin(
         # A dispatch is meaningful on its own: a root span when no span is active.
         # The sampled flag, not is_recording(): a parent that already ended (an asyncio
         # done-callback that emits after its dispatch returned) is sampled yet not recording.
-        if not parent_allows(root=True):
+        allowed = parent_allows(root=True)
+        if _observer is not None:
+            try:
+                _observer(bus.name, allowed)
+            except Exception:
+                pass
+        if not allowed:
             return None
         event = text(bus.event(instance, args, kwargs))
         thread = threading.current_thread()

@@ -182,26 +182,39 @@ def _run_in_carried(
         carried = instance.__dict__.pop(_CARRIED, None)
     except Exception:  # pragma: no cover - defensive
         carried = None
-    if carried is None:  # started before instrument(), or exempt (a pool's worker)
-        return wrapped(*args, **kwargs)
-    context, hop, named, explicit, _ = carried
-    del carried
-    if context is None:  # 3.14: the run happens in thread._context
+    if _HAS_THREAD_CONTEXT:
         try:
-            return _bootstrap(wrapped, args, kwargs, instance, hop, named, explicit, True)
+            return _bootstrap_314(wrapped, args, kwargs, instance, carried)
         finally:
             # 3.14 keeps the context a thread ran in on the instance (thread._context)
             # after run() returned: a finished thread that the application still
             # references (a list of threads, a kept exception's frames) would pin the
             # carried copy, or CPython's own with thread_inherit_context=1.  Nothing
             # reads it once the thread has run (start() refuses a second start).
-            _set_thread_context(instance, None)
+            carried = None
+            if instance is not None:
+                _set_thread_context(instance, None)
+    if carried is None:  # started before instrument(), or exempt (a pool's worker)
+        return wrapped(*args, **kwargs)
+    context, hop, named, explicit, _ = carried
+    del carried
     try:
         return context.run(_bootstrap, wrapped, args, kwargs, instance, hop, named, explicit, False)
     finally:
         # An excepthook that keeps the exception keeps this frame (the traceback's
         # frames link back to it): it must not pin the carried context.
         context = None
+
+
+def _bootstrap_314(
+    wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], thread: Any, carried: Any
+) -> Any:
+    """3.14: the run happens in ``thread._context`` (the copy, when one was carried)."""
+    if carried is None:
+        return wrapped(*args, **kwargs)
+    _, hop, named, explicit, _ = carried
+    carried = None
+    return _bootstrap(wrapped, args, kwargs, thread, hop, named, explicit, True)
 
 
 def _bootstrap(

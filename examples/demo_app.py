@@ -1,11 +1,13 @@
 """A small app that loses its griptape event listeners in other threads, unless ctxrelay runs.
 
 Griptape's ``EventBus`` keeps its listeners in a ``ContextVar``.  This app adds one
-listener at import time, in the main thread, then calls the same handler six ways,
+listener at import time, in the main thread, then calls the same handler nine ways,
 as a real app does: directly, in a ``threading.Thread``, in a ``ThreadPoolExecutor``,
-through asyncio's ``run_in_executor``, and as two endpoints of a FastAPI app served by
-uvicorn in a background thread (what Gradio's ``launch()`` does), called once each over
-loopback HTTP.  For each, it prints whether the listener was there and the event
+through asyncio's ``run_in_executor``, as two endpoints of a FastAPI app served by
+uvicorn in a background thread, and as the sync, generator and async handlers of a
+Gradio ``gr.Blocks`` app (``demo.launch()`` on 127.0.0.1, driven by ``gradio_client``:
+each call is enqueued by ``POST /gradio_api/queue/join`` and run later by Gradio's
+queue).  For each, it prints how many listeners the handler saw and whether the event
 reached it.
 
 Run it both ways (``make demo`` does)::
@@ -23,6 +25,8 @@ It uses the OpenTelemetry API only (spans are no-ops unless an SDK is configured
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
 import threading
 import time
@@ -36,6 +40,11 @@ from attrs import define, field
 from fastapi import FastAPI, Request
 from griptape.events import BaseEvent, EventBus, EventListener
 from opentelemetry import trace
+
+# Before gradio is imported: no usage statistics, no calls to the Hugging Face hub.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 tracer = trace.get_tracer("ctxrelay.demo")
 
@@ -121,7 +130,59 @@ class Server:
         self.socket.close()
 
 
-# --- the six ways to run the handler --------------------------------------------------
+# --- the Gradio app: the same handler as a sync, a generator and an async handler -----
+class GradioApp:
+    """A ``gr.Blocks`` app launched on a free loopback port, driven by ``gradio_client``."""
+
+    def __init__(self) -> None:
+        import gradio as gr
+
+        def sync_handler(text: str) -> str:
+            return json.dumps(handle("Gradio sync handler"))
+
+        def gen_handler(text: str) -> Any:
+            yield json.dumps(handle("Gradio generator handler"))
+
+        async def async_handler(text: str) -> str:
+            return json.dumps(handle("Gradio async handler"))
+
+        with gr.Blocks(analytics_enabled=False) as self.blocks:
+            box_in, box_out = gr.Textbox(), gr.Textbox()
+            for fn in (sync_handler, gen_handler, async_handler):
+                gr.Button(fn.__name__).click(fn, box_in, box_out, api_name=fn.__name__)
+        self.client: Any = None
+
+    def start(self) -> None:
+        import gradio_client
+
+        with socket.socket() as probe:  # a free port (Gradio binds it itself)
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.blocks.launch(
+            server_name="127.0.0.1",
+            server_port=port,
+            prevent_thread_lock=True,
+            share=False,
+            quiet=True,
+            ssr_mode=False,
+            inbrowser=False,
+        )
+        self.client = gradio_client.Client(self.blocks.local_url, verbose=False)
+
+    def stop(self) -> None:
+        self.blocks.close()
+
+    def call(self, api_name: str) -> Callable[[str], dict[str, Any]]:
+        def run(name: str) -> dict[str, Any]:
+            if api_name == "/gen_handler":
+                *_, last = self.client.submit("x", api_name=api_name)
+                return json.loads(last)  # type: ignore[no-any-return]
+            return json.loads(self.client.predict("x", api_name=api_name))  # type: ignore[no-any-return]
+
+        return run
+
+
+# --- the nine ways to run the handler -------------------------------------------------
 def direct(name: str) -> dict[str, Any]:
     return handle(name)
 
@@ -167,6 +228,8 @@ def ctxrelay_state() -> str:
 def main() -> int:
     server = Server()
     server.start()
+    gradio = GradioApp()
+    gradio.start()
     try:
         cases: list[tuple[str, Callable[[str], dict[str, Any]]]] = [
             ("direct call", direct),
@@ -175,12 +238,18 @@ def main() -> int:
             ("asyncio run_in_executor", in_executor),
             ("FastAPI def endpoint", over_http(server, "/sync")),
             ("FastAPI async endpoint", over_http(server, "/async")),
+            ("Gradio sync handler", gradio.call("/sync_handler")),
+            ("Gradio generator handler", gradio.call("/gen_handler")),
+            ("Gradio async handler", gradio.call("/async_handler")),
         ]
         state = ctxrelay_state()
         print(f"ctxrelay {state} · griptape EventBus: 1 listener added at import, in MainThread")
         print(f"  {'handler':<26}{'ran in thread':<26}{'listeners':<11}event")
         lost = 0
-        with tracer.start_as_current_span("demo"):
+        # thread.name on the root, as a tracing middleware would: the tree names the
+        # root's thread from it (the SDK records no thread of its own).
+        root_thread = {"thread.name": threading.current_thread().name}
+        with tracer.start_as_current_span("demo", attributes=root_thread):
             for name, run in cases:
                 seen = run(name)
                 delivered = name in _delivered
@@ -189,6 +258,7 @@ def main() -> int:
                 outcome = "delivered" if delivered else "LOST"
                 print(f"{mark} {name:<26}{seen['thread']:<26}{seen['listeners']:<11}{outcome}")
     finally:
+        gradio.stop()
         server.stop()
     if lost:
         print(

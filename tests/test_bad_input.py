@@ -52,6 +52,7 @@ VALIDATED: dict[str, tuple[str, ...] | None] = {
     "CTXRELAY_DETACH": None,  # glob patterns: any text is one (an on/off value warns, below)
     "CTXRELAY_DROP_HOPS": None,  # glob patterns (an on/off value warns: test_config)
     "CTXRELAY_TREE_FILE": None,  # read by the tree exporter: tested below
+    "CTXRELAY_TREE_MAX_PER_SECOND": None,  # read by the tree exporter: test_exporter_tree
     "CTXRELAY_RUN": None,  # internal marker set by `ctxrelay run`, not a setting
     "CTXRELAY_DOCTOR": ("allowed values", ".json"),
     "CTXRELAY_DOCTOR_LATE": ("allowed values", "seconds"),

@@ -19,9 +19,13 @@ HANDLERS = (
     "asyncio run_in_executor",
     "FastAPI def endpoint",
     "FastAPI async endpoint",
+    "Gradio sync handler",
+    "Gradio generator handler",
+    "Gradio async handler",
 )
-_MISSING = [m for m in ("fastapi", "uvicorn", "httpx") if importlib.util.find_spec(m) is None]
-#: The demo app itself is a FastAPI app served by uvicorn and called with httpx.
+_NEEDS = ("fastapi", "uvicorn", "httpx", "gradio", "gradio_client", "griptape")
+_MISSING = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
+#: The demo app serves FastAPI and Gradio apps, called with httpx and gradio_client.
 needs_frameworks = pytest.mark.skipif(
     bool(_MISSING), reason=f"{', '.join(_MISSING)} not installed (the frameworks extra)"
 )
@@ -64,7 +68,7 @@ def test_without_ctxrelay_the_listeners_are_lost_and_with_it_they_are_there() ->
     for handler in ("direct call", *HANDLERS):
         row = _row(with_.stdout, handler)
         assert row.startswith("✓") and re.search(r"\s1\s+delivered$", row), row
-    assert "all 6 handlers saw the listener" in with_.stdout
+    assert "all 9 handlers saw the listener" in with_.stdout
 
     # The trees on stderr show where the context went.
     trees = with_.stderr
@@ -73,6 +77,30 @@ def test_without_ctxrelay_the_listeners_are_lost_and_with_it_they_are_there() ->
     assert re.search(r"⇢ ThreadPoolExecutor handle .*\[MainThread → pool_0, waited", trees)
     assert re.search(r"⇢ run_in_executor handle .*\[MainThread → asyncio_", trees)
     assert re.search(r"\[uvicorn-server → AnyIO worker thread, waited", trees)
+    # Gradio: the join request -> the queue hop -> the handler -> the listener, one tree
+    # (or the request, then its continuation under the request's span).
+    for handler, hop in (
+        ("sync_handler", "⇢ anyio.to_thread sync_handler"),
+        ("gen_handler", "⇢ anyio.to_thread gen_handler"),
+        ("async_handler", None),
+    ):
+        piece = _piece_with(trees, f"⇢ gradio.queue {handler}")
+        assert "POST /gradio_api/queue/join" in piece, piece
+        if hop is not None:
+            assert hop in piece, piece
+        assert f"handle Gradio {handler.split('_')[0].replace('gen', 'generator')} handler" in piece
+        assert "✉ griptape listener on_event" in piece, piece
+    assert "not exported" not in trees
+
+
+def _piece_with(trees: str, needle: str) -> str:
+    """The trace (its pieces joined: the request and its continuation) holding ``needle``."""
+    pieces = [p for p in trees.split("── trace ") if p.strip()]
+    by_trace: dict[str, list[str]] = {}
+    for piece in pieces:
+        by_trace.setdefault(piece.split(" ", 1)[0], []).append(piece)
+    (found,) = ["".join(ps) for ps in by_trace.values() if any(needle in p for p in ps)]
+    return found
 
 
 @needs_frameworks
@@ -81,8 +109,8 @@ def test_ctxrelay_demo_runs_both_and_without_really_is_without() -> None:
     done = _run([sys.executable, "-m", "ctxrelay.cli", "demo"], _env(CTXRELAY_ENABLED="1"))
     first, second = done.stdout.split("=== 2/2", 1)
     assert "=== 1/2 without ctxrelay" in first and "ctxrelay OFF" in first
-    assert "5 of 6 handlers ran without the listener" in first
-    assert "ctxrelay ON" in second and "all 6 handlers saw the listener" in second
+    assert "8 of 9 handlers ran without the listener" in first
+    assert "ctxrelay ON" in second and "all 9 handlers saw the listener" in second
     assert "⇢ Thread" in done.stderr
 
 

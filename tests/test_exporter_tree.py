@@ -261,8 +261,10 @@ def test_a_remote_parent_makes_a_local_root() -> None:
     assert "not exported" not in lines[1]
 
 
-def test_spans_ending_after_their_root_are_printed_at_flush() -> None:
-    provider, exporter, out = _tree_provider()
+def test_work_ending_after_its_root_is_printed_as_a_continuation_when_it_ends() -> None:
+    """A thread nobody joined ends after the request: its subtree is printed when its top
+    ends, labelled with the printed span it hangs under (never "not exported")."""
+    provider, _, out = _tree_provider()
     tracer = provider.get_tracer("test")
     ctxrelay.instrument(tracer_provider=provider)
     release = threading.Event()
@@ -280,12 +282,97 @@ def test_spans_ending_after_their_root_are_printed_at_flush() -> None:
 
     release.set()
     thread.join()
-    assert len(_trees(out.getvalue())) == 1, "late spans wait for a flush"
-    assert exporter.force_flush()
     late = _trees(out.getvalue())[1]
-    assert "late spans" in late[0]
+    assert "continued" in late[0]
     assert first[0].split(" · ")[0] == late[0].split(" · ")[0], "same trace id"
+    assert "(under request, printed above)" in late[1] and "not exported" not in late[1]
     _assert_child(late, "⇢ Thread background", "cleanup")
+
+
+def _gradio_like_trace() -> list[ReadableSpan]:
+    """A request that returns before the job it enqueued runs (Gradio's queue)."""
+    tracer, memory = _collected()
+    with tracer.start_as_current_span("POST /queue/join") as join:
+        pass
+    job = trace.set_span_in_context(join)
+    with tracer.start_as_current_span("gradio.queue handler", context=job):
+        with tracer.start_as_current_span("handler"):
+            with tracer.start_as_current_span("griptape dispatch"):
+                pass
+    return list(memory.get_finished_spans())
+
+
+def test_identical_runs_print_identical_pieces_whatever_the_batching() -> None:
+    spans = _gradio_like_trace()
+    outputs = []
+    for batches in ([spans], [[s] for s in spans], [spans[:2], spans[2:]], [spans[:1], spans[1:]]):
+        out = io.StringIO()
+        exporter = TreeSpanExporter(out, max_per_second=0)
+        for batch in batches:
+            exporter.export(batch)
+        exporter.shutdown()
+        outputs.append(re.sub(r"\d+(\.\d+)? (ms|s)\b", "", out.getvalue()))
+    assert len(set(outputs)) == 1, outputs
+    first, continued = _trees(outputs[0])
+    assert [line.strip() for line in first[1:]] == ["POST /queue/join"]
+    assert "continued" in continued[0]
+    assert "(under POST /queue/join, printed above)" in continued[1]
+    _assert_child(continued, "gradio.queue handler", "─ handler")
+
+
+def test_the_root_thread_is_never_guessed_from_a_span_in_another_thread(monkeypatch) -> None:
+    """With hop spans off, a listener dispatch in a worker thread sits right under the
+    root: its thread.name is not the root's."""
+    monkeypatch.setenv("CTXRELAY_HOP_SPANS", "0")
+    provider, _, out = _tree_provider()
+    tracer = provider.get_tracer("test")
+    ctxrelay.instrument(tracer_provider=provider)
+    from griptape.events import BaseEvent, EventBus, EventListener
+
+    EventBus.add_event_listener(listener := EventListener(lambda event: None))
+    try:
+        with tracer.start_as_current_span("request"):
+            worker = threading.Thread(
+                target=lambda: EventBus.publish_event(BaseEvent()), name="worker-1"
+            )
+            worker.start()
+            worker.join()
+    finally:
+        EventBus.remove_event_listener(listener)
+    (lines,) = _trees(out.getvalue())
+    assert lines[1].strip().startswith("request") and "worker-1" not in lines[1], lines
+    with tracer.start_as_current_span("main", attributes={"thread.name": "MainThread"}):
+        pass
+    assert "[MainThread]" in _trees(out.getvalue())[1][1]
+
+
+def test_at_most_the_rate_is_printed_and_the_rest_is_counted() -> None:
+    tracer, memory = _collected()
+    for i in range(30):
+        with tracer.start_as_current_span(f"request-{i}"):
+            pass
+    out = io.StringIO()
+    exporter = TreeSpanExporter(out, max_per_second=2)  # bursts of 10
+    for span in memory.get_finished_spans():
+        exporter.export([span])
+    exporter.shutdown()
+    text = out.getvalue()
+    printed = text.count("── trace ")
+    assert 10 <= printed < 30
+    (summary,) = [line for line in text.splitlines() if "trees not printed" in line]
+    count = int(re.search(r"(\d+) trees not printed", summary).group(1))
+    assert printed + count == 30
+    assert "over 2 per second" in summary
+
+
+def test_a_bad_rate_warns_once_and_uses_the_default() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exporter = TreeSpanExporter(io.StringIO(), env={"CTXRELAY_TREE_MAX_PER_SECOND": "fast"})
+    (warning,) = [w for w in caught if w.category is ConfigWarning]
+    assert "CTXRELAY_TREE_MAX_PER_SECOND='fast'" in str(warning.message)
+    assert "allowed values: a number >= 0" in str(warning.message)
+    assert exporter._budget.rate == 10
 
 
 def test_a_trace_whose_root_never_ended_is_printed_at_shutdown() -> None:

@@ -24,7 +24,7 @@ Run the demo app (default: examples/demo_app.py of this checkout) twice: without
 ctxrelay, then with `ctxrelay run` and OTEL_TRACES_EXPORTER=ctxrelay_tree.
 """
 
-_NEEDS = ("griptape", "fastapi", "uvicorn", "httpx")
+_NEEDS = ("griptape", "fastapi", "uvicorn", "httpx", "gradio", "gradio_client")
 #: Ends by itself in a few seconds; this only guards against a wedged machine.
 _TIMEOUT_S = 120
 

@@ -130,8 +130,8 @@ class _Tree:
                 if origin is not None:
                     return str(origin)
                 continue
-            if THREAD_NAME in attrs:
-                return str(attrs[THREAD_NAME])
+            # Not the thread.name of other spans (a listener dispatch): with hop spans
+            # off or dropped, a span under the root may have run in another thread.
             queue.extend(self.children.get(span.context.span_id, ()))
         return None
 
@@ -150,16 +150,24 @@ class _Tree:
                 stack.append((child, thread))
 
 
+_NOTHING: Mapping[int, str] = {}
+
+
 def _start(span: ReadableSpan) -> int:
     return span.start_time or 0
 
 
-def _line(span: ReadableSpan, tree: _Tree, is_root: bool) -> str:
+def _line(
+    span: ReadableSpan, tree: _Tree, is_root: bool, printed: Mapping[int, str] = _NOTHING
+) -> str:
     attrs = _attrs(span)
     parts: list[str] = []
     if is_root and tree.missing_parent(span):
-        parent_id = format_span_id(span.parent.span_id)  # type: ignore[union-attr]
-        parts.append(f"(parent {parent_id} not exported)")
+        parent = span.parent.span_id  # type: ignore[union-attr]
+        if parent in printed:
+            parts.append(f"(under {printed[parent]}, printed above)")
+        else:
+            parts.append(f"(parent {format_span_id(parent)} not exported)")
     thread = tree.threads.get(span.context.span_id)
     if _is_hop(span):
         origin = attrs.get(ATTR_ORIGIN_THREAD_NAME, "?")
@@ -195,9 +203,9 @@ def _children(tree: _Tree, span: ReadableSpan, indent: str) -> list[tuple[Readab
     return [(kid, i == last, indent) for i, kid in reversed(list(enumerate(kids)))]
 
 
-def _walk(tree: _Tree) -> Iterable[str]:
+def _walk(tree: _Tree, printed: Mapping[int, str]) -> Iterable[str]:
     for root in tree.roots:
-        yield _line(root, tree, is_root=True)
+        yield _line(root, tree, is_root=True, printed=printed)
         # Iterative, not recursive: a deep trace must not hit the recursion limit.
         stack = _children(tree, root, "")
         seen: set[int] = {root.context.span_id}
@@ -210,10 +218,20 @@ def _walk(tree: _Tree) -> Iterable[str]:
             stack.extend(_children(tree, span, indent + ("   " if last else "│  ")))
 
 
-def render_trace(spans: Sequence[ReadableSpan], *, note: str = "", dropped: int = 0) -> str:
-    """The trace as text, ending with a newline: a header line, then one line per span."""
+def render_trace(
+    spans: Sequence[ReadableSpan],
+    *,
+    note: str = "",
+    dropped: int = 0,
+    printed: Mapping[int, str] = _NOTHING,
+) -> str:
+    """The trace as text, ending with a newline: a header line, then one line per span.
+
+    ``printed``: span id -> name of this trace's spans printed earlier, so that a span
+    hanging under one says so instead of "not exported".  No spans: the note alone.
+    """
     if not spans:
-        return ""
+        return f"── {note}\n\n" if note else ""
     tree = _Tree(spans)
     threads: dict[str, None] = {}
     for span in sorted(spans, key=_start):
@@ -230,5 +248,5 @@ def render_trace(spans: Sequence[ReadableSpan], *, note: str = "", dropped: int 
         header.append(f"{dropped} spans dropped (over the per-trace cap)")
     if note:
         header.append(note)
-    lines = ["── " + " · ".join(header), *_walk(tree)]
+    lines = ["── " + " · ".join(header), *_walk(tree, printed)]
     return "\n".join(lines) + "\n\n"

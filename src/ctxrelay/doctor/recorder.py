@@ -117,8 +117,8 @@ class Findings:
     dropped: int = 0
 
 
-def _thread_name_from_stack() -> str | None:
-    """The name of the ``threading.Thread`` whose ``start()`` is on the caller's stack."""
+def _starting_thread() -> threading.Thread | None:
+    """The ``threading.Thread`` whose ``start()`` is on the caller's stack, if any."""
     start_code = threading.Thread.start.__code__
     frame: FrameType | None = sys._getframe(1)
     for _ in range(16):
@@ -126,8 +126,7 @@ def _thread_name_from_stack() -> str | None:
             return None
         if frame.f_code is start_code:
             thread = frame.f_locals.get("self")
-            name = getattr(thread, "name", None)
-            return name[: spans.MAX_ATTRIBUTE_LENGTH] if isinstance(name, str) else None
+            return thread if isinstance(thread, threading.Thread) else None
         frame = frame.f_back
     return None
 
@@ -224,9 +223,15 @@ class Recorder:
                     )
                 else:
                     self._dropped += 1
-        if context is None:  # the thread copies for itself (3.14): nothing of ours to watch
+        thread = _starting_thread()
+        if context is None and thread is not None:
+            # 3.14 with thread_inherit_context: start() made the thread's own copy.
+            context = thread.__dict__.get("_context")
+        if not isinstance(context, Context):
             return
-        pin = Pin(runner, function, _thread_name_from_stack(), site, time.monotonic())
+        name = getattr(thread, "name", None)
+        name = name[: spans.MAX_ATTRIBUTE_LENGTH] if isinstance(name, str) else None
+        pin = Pin(runner, function, name, site, time.monotonic())
         ref = weakref.ref(context, self._let_go)
         with self._lock:
             if len(self._pins_alive) >= 10 * MAX_KEYS:

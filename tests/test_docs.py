@@ -148,3 +148,14 @@ def test_api_md_lists_the_installed_entry_points() -> None:
     text = (DOCS / "api.md").read_text(encoding="utf-8")
     for group, name, value in installed:
         assert f"| `{group}` | `{name}` | `{value}`" in text, (group, name, value)
+
+
+def test_api_md_lists_exactly_the_settings_of_configuration_md() -> None:
+    table_rows = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `(CTXRELAY_[A-Z_]+)`", table_rows, re.MULTILINE))
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    settings = text[
+        text.index("\n## Settings") : text.index("\n## ", text.index("\n## Settings") + 1)
+    ]
+    listed = set(re.findall(r"`(CTXRELAY_[A-Z_]+)`", settings)) - {"CTXRELAY_RUN"}
+    assert listed == documented

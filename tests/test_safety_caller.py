@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import pydantic
 import pytest
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from safety_support import HANG, Outcome, assert_same, differential, without_hanging
 
@@ -181,3 +182,41 @@ def test_thread_subclass_with_hostile_attributes_starts_and_runs(cls: type) -> N
     bare, instrumented = differential(scenario)
     assert bare == Outcome(runs=1, extra={"alive": False})
     assert instrumented == bare
+
+
+class BlocksHopStart(SpanProcessor):
+    """A span processor whose on_start blocks for hop spans until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if span.name == "Thread blocked_target":
+            self.release.wait(3 * HANG)  # longer than the liveness bound below
+
+
+def test_start_never_waits_for_span_bookkeeping() -> None:
+    """A span processor that blocks (or a lock a fork left held in a child process)
+    delays the new thread's span, never the caller's ``start()``."""
+    processor = BlocksHopStart()
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+
+    def scenario() -> Outcome:
+        calls: list[int] = []
+
+        def blocked_target() -> None:
+            calls.append(1)
+
+        thread = threading.Thread(target=blocked_target)
+        try:
+            without_hanging(thread.start)  # returns while on_start still blocks
+        finally:
+            processor.release.set()
+        thread.join(HANG)
+        processor.release.clear()
+        return Outcome(runs=len(calls), extra={"alive": thread.is_alive()})
+
+    bare, instrumented = differential(scenario, tracer_provider=provider)
+    assert bare == Outcome(runs=1, extra={"alive": False})
+    assert_same(bare, instrumented)

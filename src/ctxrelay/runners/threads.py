@@ -97,8 +97,52 @@ def _forget(thread: threading.Thread | None) -> None:
     if thread is not None:
         try:
             thread.__dict__.pop(_CARRIED, None)
+            started = thread.__dict__.get("_started")
+            if type(started) is _StartsTheSpan:
+                thread.__dict__["_started"] = started.original
         except Exception:  # pragma: no cover - defensive
             pass
+
+
+class _StartsTheSpan(threading.Event):
+    """Stands in for a thread's ``_started`` Event from ``start()`` to its first set().
+
+    ``_bootstrap_inner`` sets ``_started`` (which releases the ``start()`` waiting in
+    the caller) and then calls ``run()``: the one moment between the two, with nothing
+    of ctxrelay between ``_bootstrap_inner`` and ``run()`` and nothing on the instance
+    while it runs.  The hop span starts there, *after* the caller has been released: a
+    span processor that blocks (or a lock that a fork left held in a child process) can
+    delay this thread, never the caller's ``start()``.  The thread's own Event is set
+    first and put back at once.
+    """
+
+    def __init__(
+        self,
+        original: threading.Event,
+        thread: threading.Thread,
+        hop: spans.Hop,
+        named: Any,
+        explicit: bool,
+        in_thread_context: bool,
+    ) -> None:
+        super().__init__()
+        self.original = original
+        self._span_of: tuple[Any, ...] | None = (thread, hop, named, explicit, in_thread_context)
+
+    def set(self) -> None:
+        self.original.set()
+        super().set()
+        span_of, self._span_of = self._span_of, None
+        if span_of is None:
+            return
+        thread = span_of[0]
+        try:
+            thread.__dict__["_started"] = self.original
+        except Exception:  # pragma: no cover - defensive
+            pass
+        if getattr(_running, "armed", None) is thread:  # our _bootstrap runs this thread
+            _running.armed = None
+            _begin_span(*span_of)
 
 
 def _capture_at_start(
@@ -161,6 +205,13 @@ def _take_capture(thread: threading.Thread, explicit: bool, inherit_flag: bool) 
         # 3.14: marked even with nothing to carry (CPython's own copy under the flag),
         # so that _run_in_carried drops thread._context once the thread has run.
         thread.__dict__[_CARRIED] = (context, hop, named, explicit, in_thread_context)
+        if hop is not None:
+            started = thread.__dict__.get("_started")
+            if type(started) is threading.Event:
+                # 3.14: the run happens in thread._context, the span starts there too
+                thread.__dict__["_started"] = _StartsTheSpan(
+                    started, thread, hop, named, explicit, _HAS_THREAD_CONTEXT
+                )
 
 
 def _set_thread_context(thread: threading.Thread, context: Context | None) -> None:
@@ -227,36 +278,46 @@ def _bootstrap(
     explicit: bool,
     in_thread_context: bool,
 ) -> Any:
-    """``_bootstrap_inner`` under the thread's hop span, if there is one.
+    """``_bootstrap_inner``, and the end of the thread's hop span if one was started.
 
-    The span goes around all of ``_bootstrap_inner``, not around ``run()``: nothing of
-    ctxrelay sits between ``_bootstrap_inner`` and ``run()`` (no instance ``run``
-    attribute, no frame in the traceback ``threading.excepthook`` receives); the
-    failure hook below records what ``run()`` raised.
+    The span starts when ``_bootstrap_inner`` sets ``_started`` (:class:`_StartsTheSpan`)
+    and ends when it returns: nothing of ctxrelay sits between ``_bootstrap_inner`` and
+    ``run()`` (no instance ``run`` attribute, no frame in the traceback
+    ``threading.excepthook`` receives); the failure hook below records what ``run()``
+    raised.
     """
-    span = token = None
-    run_in: Any = None
-    if hop is not None:
-        try:
-            if in_thread_context:
-                run_in = thread._context  # type: ignore[attr-defined]
-                span, token = run_in.run(_start_span, hop, named, thread, explicit)
-            else:
-                span, token = _start_span(hop, named, thread, explicit)
-            _running.span = span
-        except Exception:
-            logger.debug("ctxrelay: could not start a thread's hop span", exc_info=True)
-            span = None
+    _running.armed = thread if hop is not None else None
     try:
         return wrapped(*args, **kwargs)
     finally:
-        if span is not None:
-            _running.span = None
+        _running.armed = None
+        started = getattr(_running, "started", None)
+        if started is not None:
+            _running.started = _running.span = None
+            span, token, run_in = started
             if run_in is not None:
                 run_in.run(spans.end_hop, span, token)
             else:
                 spans.end_hop(span, token)
-        span = token = run_in = None
+            started = span = token = run_in = None
+
+
+def _begin_span(
+    thread: threading.Thread, hop: spans.Hop, named: Any, explicit: bool, in_thread_context: bool
+) -> None:
+    """Start and activate the thread's hop span (called from ``_started.set()``)."""
+    try:
+        if in_thread_context:
+            run_in: Any = thread._context  # type: ignore[attr-defined]
+            span, token = run_in.run(_start_span, hop, named, thread, explicit)
+        else:
+            run_in = None
+            span, token = _start_span(hop, named, thread, explicit)
+        if span is not None:
+            _running.started = (span, token, run_in)
+            _running.span = span
+    except Exception:
+        logger.debug("ctxrelay: could not start a thread's hop span", exc_info=True)
 
 
 def _start_span(

@@ -6,7 +6,7 @@ EXTRAS ?= test,frameworks,bench,lint
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv test demo bench clean phoenix matrix test-slow ci lint
+.PHONY: venv test demo bench clean phoenix matrix test-slow ci lint dist
 
 # Arize Phoenix, the real OTLP receiver of the end-to-end tests (tests/test_e2e_phoenix.py).
 # Its dependency tree is huge and pins things gradio also pins: it gets its own venv,
@@ -66,6 +66,12 @@ demo: venv
 	@echo "=== 2/2 with ctxrelay: ctxrelay run python examples/demo_app.py  (OTEL_TRACES_EXPORTER=ctxrelay_tree)"
 	@OTEL_TRACES_EXPORTER=ctxrelay_tree OTEL_SERVICE_NAME=ctxrelay-demo \
 		$(BIN)/ctxrelay run $(BIN)/python examples/demo_app.py
+
+# A wheel in dist/, for `pip install dist/ctxrelay-*.whl` in another project's environment.
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+	@ls dist
 
 bench: venv
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

@@ -123,6 +123,22 @@ def test_ctxrelay_demo_explains_a_missing_app(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "not found" in done.stderr
+    assert "not in the wheel" in done.stderr
+
+
+def test_help_piped_into_head_ends_quietly() -> None:
+    """``ctxrelay -h | head -1``: no BrokenPipeError traceback when the reader leaves."""
+    ctxrelay = Path(sys.executable).with_name("ctxrelay")
+    done = subprocess.run(
+        f"'{ctxrelay}' -h | head -1; '{ctxrelay}' --help | true",
+        shell=True,  # a fixed command line: the pipe is the point
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.startswith("usage: ctxrelay")
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
 pytestmark = pytest.mark.timeout(180)

@@ -71,9 +71,23 @@ def _load(command: Command) -> Callable[[Sequence[str]], int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ctxrelay`` console script."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # ``ctxrelay -h | head``: the reader left.  Python would print a traceback when it
+        # flushes stdout at exit; point stdout at nothing instead (the recipe of the
+        # ``signal`` module's docs) and end quietly, as a shell tool does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(_usage(), file=sys.stdout if args else sys.stderr)
+        stream = sys.stdout if args else sys.stderr
+        print(_usage(), file=stream)
+        stream.flush()  # a closed pipe shows here, inside main(), not at exit
         return 0 if args else 2
     if args[0] in ("-V", "--version"):
         print(f"ctxrelay {__version__}")

@@ -68,8 +68,10 @@ def main(argv: Sequence[str]) -> int:
     app = Path(args[0]) if args else find_app()
     if app is None or not app.is_file():
         print(
-            "ctxrelay demo: examples/demo_app.py not found; run it from a source checkout "
-            "or pass its path.",
+            "ctxrelay demo: examples/demo_app.py not found. The demo app is not in the "
+            "wheel: it lives in the source checkout (examples/demo_app.py) and needs the "
+            "'frameworks' extra. From a checkout: make demo, or ctxrelay demo "
+            "path/to/examples/demo_app.py.",
             file=sys.stderr,
         )
         return 2

@@ -342,3 +342,40 @@ def _check_schema(report: dict[str, Any]) -> None:
     kinds = {"raw_thread", "before_activation", "foreign_thread", "greenlet"}
     assert {entry["kind"] for entry in report["bypassed"]} <= kinds
     assert all(isinstance(hint, str) for hint in report["hints"])
+
+
+GEVENT_APP = """
+import contextvars, sys
+from gevent import monkey
+
+monkey.patch_all()
+import threading
+
+import gevent
+
+var = contextvars.ContextVar("v", default="unset")
+var.set("carried")
+seen = []
+thread = threading.Thread(target=lambda: seen.append(var.get()))
+thread.start()
+thread.join()
+gevent.spawn(lambda: seen.append(var.get())).join()
+print(seen)
+"""
+
+
+def test_gevent_greenlets_are_reported(tmp_path: Path) -> None:
+    pytest.importorskip("gevent")
+    (tmp_path / "gevent_app.py").write_text(GEVENT_APP, encoding="utf-8")
+    path = tmp_path / "report.json"
+    command = [str(CTXRELAY), "run", "python", "gevent_app.py"]
+    plain = _run(command, tmp_path)
+    doctor = _run(command, tmp_path, CTXRELAY_DOCTOR=str(path))
+    # gevent replaced threading's start after ctxrelay patched it: nothing is carried,
+    # with or without the doctor, and the doctor says so.
+    assert plain.returncode == doctor.returncode == 0, doctor.stderr
+    assert plain.stdout == doctor.stdout == "['unset', 'unset']\n"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    (greenlet,) = [entry for entry in report["bypassed"] if entry["kind"] == "greenlet"]
+    assert "gevent" in greenlet["detail"]
+    assert any("ctxrelay.bind" in hint and "gevent" in hint for hint in report["hints"])

@@ -123,7 +123,7 @@ def test_report_names_each_finding_with_its_call_site(tmp_path: Path) -> None:
         float(amount) * (1 if unit == "s" else 1e-3)
         for amount, unit in re.findall(r"held it ([\d.]+) (s|ms)", pinned)
     ]
-    assert len(held) == 2 and held == sorted(held, reverse=True), "worst first"
+    assert len(held) == 2 and held == sorted(held, reverse=True), f"worst first:\n{pinned}"
 
     late = _section(report, 4)
     assert re.search(rf"run_in_executor .*enrich [\d.]+ s late, at .*{site('late')}", late), late

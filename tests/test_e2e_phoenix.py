@@ -220,3 +220,84 @@ def test_trace_across_threads_reaches_phoenix(
         assert attributes[keys.THREAD_ID] != attributes[keys.ATTR_ORIGIN_THREAD_ID]
         assert attributes[keys.ATTR_QUEUE_WAIT_MS] >= 0
         assert attributes[keys.CODE_FUNCTION_NAME].endswith("work")
+
+
+# The Gradio app of tests/gradio_apps.py, mounted under uvicorn, two clients at once.
+GRADIO_APP = """\
+import json, sys
+sys.path.insert(0, {tests!r})
+import gradio_apps
+from opentelemetry import trace
+
+with gradio_apps.mounted(trace.get_tracer("e2e")) as url:
+    results = gradio_apps.drive_two(url)
+    assets = gradio_apps.load_page(url)
+print("E2E " + json.dumps({{"results": results, "assets": assets}}), flush=True)
+"""
+
+
+def test_gradio_jobs_reach_phoenix_in_their_join_requests_traces(
+    phoenix: Phoenix, app_dir: Path
+) -> None:
+    """Through Phoenix's API: each handler sees its own request id, sits in its join
+    request's trace under a ``gradio.queue <handler>`` hop, generator steps are named
+    after the user's function, nothing is an error, no hop for the page's static files."""
+    pytest.importorskip("gradio")
+    pytest.importorskip("gradio_client")
+    project = "ctxrelay-e2e-gradio"
+    (app_dir / "gradio_e2e.py").write_text(
+        GRADIO_APP.format(tests=str(Path(__file__).resolve().parent))
+    )
+    env = base_env(
+        PROTOCOLS["http/protobuf"](phoenix),
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_SERVICE_NAME="ctxrelay-e2e-gradio",
+        OTEL_RESOURCE_ATTRIBUTES=f"openinference.project.name={project}",
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+    )
+    # Without ctxrelay: no handler sees its own id (jobs run in the queue loop's context).
+    plain = _report(run(["python", "gradio_e2e.py"], env, app_dir))
+    assert not any(
+        out == f"{client}={client}"
+        for client, per_handler in plain["results"].items()
+        for outputs in per_handler.values()
+        for out in outputs
+    ), plain
+    report = _report(run([CTXRELAY, "run", "python", "gradio_e2e.py"], env, app_dir))
+    for client, per_handler in report["results"].items():
+        for outputs in per_handler.values():
+            assert outputs and all(out == f"{client}={client}" for out in outputs), report
+    assert report["assets"] > 0
+
+    handler_names = {"sync handler", "gen handler", "async handler"}
+    deadline = time.monotonic() + READ_TIMEOUT
+    while True:
+        stored = phoenix.spans(project, expected=1)
+        handlers = [s for s in stored if s["name"] in handler_names]
+        if len(handlers) >= 8 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(handlers) == 8, sorted(s["name"] for s in stored)
+    by_id = {s["context"]["span_id"]: s for s in stored}
+
+    def chain(span: dict[str, Any]) -> list[dict[str, Any]]:
+        above = []
+        while span.get("parent_id") in by_id:
+            span = by_id[span["parent_id"]]
+            above.append(span)
+        return above
+
+    for span in handlers:
+        above = chain(span)
+        root = above[-1]
+        assert "queue/join" in root["name"], [s["name"] for s in above]
+        assert root["attributes"]["test.request_id"] == span["attributes"]["seen"]
+        hops = [s["name"] for s in above if s["attributes"].get(keys.ATTR_RUNNER) == "gradio.queue"]
+        assert hops == [f"gradio.queue {span['name'].split()[0]}_handler"]
+    hop_spans = [s for s in stored if keys.ATTR_RUNNER in s["attributes"]]
+    steps = {s["name"] for s in hop_spans if s["attributes"][keys.ATTR_RUNNER] == "anyio.to_thread"}
+    assert steps == {"anyio.to_thread gen_handler", "anyio.to_thread sync_handler"}
+    assert all("queue/join" in (chain(s) or [s])[-1]["name"] for s in hop_spans)
+    assert [s["name"] for s in stored if s.get("status_code") == "ERROR"] == []

@@ -62,6 +62,9 @@ class Settings:
     #: CTXRELAY_DOCTOR_PINNED: seconds a thread may hold a captured context before it
     #: counts as pinning it.
     doctor_pinned: float = 30.0
+    #: CTXRELAY_PROCESS_VARS: "module:attribute" ContextVars whose values cross process
+    #: and machine boundaries (docs/processes.md); nothing else ever crosses.
+    process_vars: tuple[str, ...] = ()
     #: Problems found while reading; each already warned once.
     problems: tuple[str, ...] = field(default=(), compare=False)
 
@@ -269,6 +272,30 @@ def _drop_hops(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
+def _process_vars(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:
+    """``module:attribute`` entries; malformed ones are dropped with one warning."""
+    raw = env.get(PREFIX + "PROCESS_VARS")
+    entries = _names(raw)
+    bad = [e for e in entries if not _is_module_attribute(e)]
+    if bad and raw is not None:
+        _warn(
+            problems,
+            "PROCESS_VARS",
+            raw,
+            f"ctxrelay: {PREFIX}PROCESS_VARS={raw!r} has entries that are not "
+            f"'module:attribute' ({', '.join(bad)}); allowed values: a comma-separated list "
+            "of module:attribute paths of contextvars.ContextVar objects (myapp.ctx:REQUEST_ID). "
+            "Ignoring those entries.",
+        )
+    return tuple(e for e in entries if e not in bad)
+
+
+def _is_module_attribute(entry: str) -> bool:
+    module, sep, attribute = entry.partition(":")
+    parts = module.split(".") + attribute.split(".")
+    return bool(sep) and all(part.isidentifier() for part in parts)
+
+
 def from_env(
     env: Mapping[str, str] | None = None,
     *,
@@ -300,6 +327,7 @@ def from_env(
         doctor=_doctor(env, problems),
         doctor_late=_seconds(env, "DOCTOR_LATE", Settings.doctor_late, problems),
         doctor_pinned=_seconds(env, "DOCTOR_PINNED", Settings.doctor_pinned, problems),
+        process_vars=_process_vars(env, problems),
         problems=tuple(problems),
     )
 

@@ -6,9 +6,11 @@ This is the only module that knows both the settings and the table; the mechanis
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterable
-from typing import Literal
+from contextvars import ContextVar
+from typing import Any, Literal
 
 from opentelemetry.trace import TracerProvider
 
@@ -48,6 +50,7 @@ def instrument(
     detach: Iterable[str] | None = None,
     record_payloads: bool | None = None,
     drop_hops: Iterable[str] | None = None,
+    process_vars: Iterable[ContextVar[Any] | str] | None = None,
 ) -> None:
     """Patch every runner and bus so work handed to another thread keeps its context.
 
@@ -60,6 +63,8 @@ def instrument(
     one (followed lazily, so the application may set it after this call).
     ``drop_hops``: glob patterns of hops never recorded (``framework`` = the built-in
     list of framework-internal helpers, the default; ``[]`` or ``["none"]`` keeps all).
+    ``process_vars`` (ContextVars or ``"module:attribute"`` paths) are the variables whose
+    values cross process and machine boundaries (``docs/processes.md``).
     """
     global _selected
     with _lock:
@@ -77,6 +82,7 @@ def instrument(
         )
         relay.skip_vars(frozenset(settings.skip_vars if skip_vars is None else skip_vars))
         left_behind.watch()  # variables that belong to their thread are never carried
+        _declare_process_vars(settings.process_vars if process_vars is None else process_vars)
         selected = _select(settings, include, exclude)
         if settings.doctor is not None:
             _start_doctor(settings, selected, skip_vars, detach)
@@ -86,6 +92,16 @@ def instrument(
             patching.remove_all()
         patching.apply(p for p in table.patches() if p.name in selected)
         _selected = selected
+
+
+def _declare_process_vars(specs: Iterable[ContextVar[Any] | str]) -> None:
+    specs = tuple(specs)
+    # The carrier module (and OpenTelemetry's propagators) load only when needed:
+    # start-up time is paid by every child process.
+    if specs or "ctxrelay.carrier" in sys.modules:
+        from ctxrelay import carrier
+
+        carrier.declare(specs)
 
 
 def _configure_spans(
@@ -134,6 +150,7 @@ def uninstrument() -> None:
         patching.remove_all()
         spans.disable()
         relay.skip_vars(frozenset())
+        _declare_process_vars(())
         _selected = None
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "relayed",
     "relayed_call",
     "relayed_single_use",
+    "hand_over_carrier",
     "run_hop",
     "runs_in_own_context",
     "set_observer",
@@ -280,7 +281,22 @@ def relayed_single_use(runner: str, fn: Callable[..., Any]) -> Callable[..., Any
         return fn
 
 
-def _span_in_chosen_context(
+def hand_over_carrier(runner: str, fn: Any, **options: Any) -> dict[str, Any]:
+    """:func:`hand_over` for work that leaves the process: a carrier, not a Context.
+
+    Plain picklable data (the declared ContextVars' values, the trace context and
+    whether a hop span is recorded on the other side) that the engine ships with the
+    task; see :mod:`ctxrelay.carrier`.  The span decision (and the observer) are
+    :func:`hand_over`'s.  Imported lazily: the propagator set-up costs start-up time
+    to processes that never cross a boundary.  May raise, like :func:`hand_over`.
+    """
+    from ctxrelay import carrier
+
+    _, hop = hand_over(runner, fn, carry=False)
+    return carrier.capture(runner, hop=hop is not None, **options)
+
+
+def _with_span_only(
     runner: str,
     fn: Callable[..., Any],
     chosen: tuple[Context, Any, tuple[Any, ...], dict[str, Any]],

@@ -23,6 +23,8 @@ RUNNERS: tuple[str, ...] = (
     "anyio",
     "starlette",
     "gradio",
+    "process_pool",
+    "multiprocessing",
 )
 
 #: event-bus modules under ctxrelay.listeners

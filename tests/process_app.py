@@ -14,8 +14,9 @@ import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-import process_support as ps
 from opentelemetry import trace
+
+import process_support as ps
 
 
 def main(engines: list[str]) -> None:

@@ -79,7 +79,7 @@ def run_as(values: tuple[str | None, str | None, str | None], fn: Any, *args: An
     result: list[Any] = []
 
     def body() -> None:
-        for var, value in zip((REQUEST_ID, TENANT, SECRET), values):
+        for var, value in zip((REQUEST_ID, TENANT, SECRET), values, strict=True):
             if value is not None:
                 var.set(value)
         result.append(fn(*args))

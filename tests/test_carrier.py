@@ -7,10 +7,10 @@ import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
-import process_support as ps
 import pytest
 
 import ctxrelay
+import process_support as ps
 from ctxrelay import carrier, config
 
 

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from activation_support import CTXRELAY, base_env, run
 from otlp_receiver import Receiver, receiver
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import multiprocessing
 from multiprocessing.pool import ThreadPool
 
-import process_support as ps
 import pytest
 
 import ctxrelay
+import process_support as ps
 
 METHODS = [
     m for m in ("spawn", "forkserver", "fork") if m in multiprocessing.get_all_start_methods()

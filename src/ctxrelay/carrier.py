@@ -42,8 +42,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import Context, ContextVar, copy_context
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -53,16 +54,16 @@ from ctxrelay import spans
 from ctxrelay.version import __version__
 
 __all__ = [
-    "MAX_BYTES",
     "ATTR_ORIGIN_HOST",
     "ATTR_ORIGIN_PID",
+    "MAX_BYTES",
+    "Task",
+    "capture",
     "declare",
     "declared_paths",
-    "capture",
-    "run",
     "enter",
     "leave",
-    "Task",
+    "run",
 ]
 
 T = TypeVar("T")
@@ -101,7 +102,7 @@ def _warn_once(name: str, reason: str, message: str) -> None:
         _warned.add((name, reason))
     try:
         warnings.warn(f"ctxrelay: {message}", CarrierWarning, stacklevel=3)
-    except Exception:  # noqa: BLE001 - "-W error" must not stop the task
+    except Exception:
         pass
 
 
@@ -127,7 +128,7 @@ def _resolve_path(path: str) -> ContextVar[Any] | None:
             var = importlib.import_module(module_name)
             for part in attribute.split("."):
                 var = getattr(var, part)
-        except Exception:  # noqa: BLE001 - any failure: the path does not resolve
+        except Exception:
             var = None
     if not isinstance(var, ContextVar):
         var = None
@@ -226,7 +227,7 @@ def capture(
                     continue
                 try:
                     total += size(value)
-                except Exception as exc:  # noqa: BLE001 - unpicklable: this one stays
+                except Exception as exc:
                     _warn_once(
                         path,
                         "encode",

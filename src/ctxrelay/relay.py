@@ -38,11 +38,11 @@ __all__ = [
     "bind",
     "capture",
     "hand_over",
+    "hand_over_carrier",
     "leaves_vars_behind",
     "relayed",
     "relayed_call",
     "relayed_single_use",
-    "hand_over_carrier",
     "run_hop",
     "runs_in_own_context",
     "set_observer",
@@ -296,7 +296,7 @@ def hand_over_carrier(runner: str, fn: Any, **options: Any) -> dict[str, Any]:
     return carrier.capture(runner, hop=hop is not None, **options)
 
 
-def _with_span_only(
+def _span_in_chosen_context(
     runner: str,
     fn: Callable[..., Any],
     chosen: tuple[Context, Any, tuple[Any, ...], dict[str, Any]],

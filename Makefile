@@ -6,7 +6,7 @@ EXTRAS ?= test,frameworks,bench,lint
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv test demo bench clean phoenix matrix test-slow ci lint dist
+.PHONY: venv test demo bench clean phoenix redis matrix test-slow ci lint dist
 
 # Arize Phoenix, the real OTLP receiver of the end-to-end tests (tests/test_e2e_phoenix.py).
 # Its dependency tree is huge and pins things gradio also pins: it gets its own venv,
@@ -31,11 +31,20 @@ $(PHOENIX_STAMP):
 
 phoenix: $(PHOENIX_STAMP)
 
-test: venv phoenix
+# Debian's redis-server: broker and result backend of the Celery runner tests, which start
+# it on 127.0.0.1 themselves.  Installed when missing and possible (root, apt-get); else
+# those tests are skipped with that reason.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || test -x /usr/bin/redis-server || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get install -y -q redis-server >/dev/null; } || \
+	  echo "redis-server is missing and cannot be installed here: the Celery runner tests will be skipped"
+
+test: venv phoenix redis
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Big load counts and every stacking order too (what CI runs on the default Python).
-test-slow: venv phoenix
+test-slow: venv phoenix redis
 	CTXRELAY_RUN_SLOW=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The suite (all but e2e; what needs a framework skips itself) on every CPython 3.10-3.13

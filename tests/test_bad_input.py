@@ -55,6 +55,7 @@ VALIDATED: dict[str, tuple[str, ...] | None] = {
     "CTXRELAY_TREE_MAX_PER_SECOND": None,  # read by the tree exporter: test_exporter_tree
     "CTXRELAY_RUN": None,  # internal marker set by `ctxrelay run`, not a setting
     "CTXRELAY_DOCTOR": ("allowed values", ".json"),
+    "CTXRELAY_PROCESS_VARS": ("allowed values", "module:attribute"),
     "CTXRELAY_DOCTOR_LATE": ("allowed values", "seconds"),
     "CTXRELAY_DOCTOR_PINNED": ("allowed values", "seconds"),
 }

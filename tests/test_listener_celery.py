@@ -58,17 +58,41 @@ def test_send_spans_order_results(exporter, tracer):
 def test_builtin_signal(exporter):
     seen: list[object] = []
 
+    def on_success(sender=None, result=None, **kwargs):
+        seen.append(result)
+
+    signals.task_success.connect(on_success)
+    try:
+        ctxrelay.instrument()
+        signals.task_success.send(sender=None, result="abc")
+    finally:
+        signals.task_success.disconnect(on_success)
+    assert seen == ["abc"]
+    assert_listener_tree(exporter, "celery", "task_success", [on_success])
+
+
+def test_task_context_signals_are_not_traced(exporter, tracer):
+    """task_prerun receivers set the context the task runs in (ctxrelay's Celery runner,
+    OpenTelemetry's Celery instrumentation): a dispatch span around them would undo it."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+
     def on_prerun(sender=None, task_id=None, **kwargs):
-        seen.append(task_id)
+        span = tracer.start_span("set by the receiver")
+        otel_context.attach(trace.set_span_in_context(span))
 
     signals.task_prerun.connect(on_prerun)
     try:
         ctxrelay.instrument()
-        signals.task_prerun.send(sender=None, task_id="abc", task=None, args=(), kwargs={})
+        with tracer.start_as_current_span("outer"):
+            token = otel_context.attach(otel_context.get_current())
+            signals.task_prerun.send(sender=None, task_id="abc", task=None, args=(), kwargs={})
+            after = trace.get_current_span()
+            otel_context.detach(token)
     finally:
         signals.task_prerun.disconnect(on_prerun)
-    assert seen == ["abc"]
-    assert_listener_tree(exporter, "celery", "task_prerun", [on_prerun])
+    assert after.name == "set by the receiver"
+    assert listeners(exporter, "celery") == []
 
 
 def test_failing_receiver_is_logged_and_returned_like_celery(exporter, caplog):

@@ -25,6 +25,7 @@ RUNNERS: tuple[str, ...] = (
     "gradio",
     "process_pool",
     "multiprocessing",
+    "celery",
 )
 
 #: event-bus modules under ctxrelay.listeners

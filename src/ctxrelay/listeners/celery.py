@@ -29,10 +29,22 @@ def _event(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     )
 
 
+#: Signals whose receivers set the context a task runs in (ctxrelay's Celery runner,
+#: opentelemetry-instrumentation-celery): a dispatch span attached around them would
+#: undo, when it ends, the OpenTelemetry context they set.  Not traced.
+_SETS_TASK_CONTEXT = frozenset({"task_prerun", "task_postrun"})
+
+
+def _has_listeners(signal: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    if getattr(signal, "name", None) in _SETS_TASK_CONTEXT:
+        return False
+    return _receivers.has_listeners(signal, args, kwargs)
+
+
 BUS = _dispatch.Bus(
     NAME,
     event=_event,
-    has_listeners=_receivers.has_listeners,
+    has_listeners=_has_listeners,
     sender=_signals.sender,
     payload=_signals.payload,
     pairs=True,

@@ -84,6 +84,7 @@ dist: venv
 
 bench: venv
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/processes.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

@@ -192,7 +192,21 @@ def declared_paths() -> tuple[str, ...]:
     return tuple(path for path, _ in _declared())
 
 
+_SCALARS = (int, float, bool, type(None))
+_TEXT = (str, bytes)
+
+
 def _pickled_size(value: Any) -> int:
+    """The pickled size; raises if ``value`` cannot be pickled.
+
+    Text and scalars (the usual request ids and tenants) always pickle, to about their
+    length: that is what is counted for them, without pickling on every hand-over.
+    """
+    kind = type(value)
+    if kind in _TEXT:
+        return len(value) + 8
+    if kind in _SCALARS:
+        return 16
     return len(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
 
 
@@ -478,6 +492,17 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<ctxrelay.carrier.Task {self.fn!r}>"
+
+    @property
+    def __name__(self) -> str:  # engines name tasks after it (Dask keys)
+        return str(getattr(self.fn, "__name__", type(self.fn).__name__))
+
+    def __dask_tokenize__(self) -> Any:  # Dask's tokenize hook
+        """Dask names a pure task after its function and arguments: the carrier (a
+        timestamp, the submitter's values) must not make every submit a new key."""
+        from dask.base import normalize_token
+
+        return ("ctxrelay.carrier.Task", normalize_token(self.fn))
 
 
 class _AtExit:

@@ -26,6 +26,7 @@ RUNNERS: tuple[str, ...] = (
     "process_pool",
     "multiprocessing",
     "celery",
+    "dask",
 )
 
 #: event-bus modules under ctxrelay.listeners

@@ -225,6 +225,67 @@ def run_celery(seen: Seen) -> None:
     signal.send(sender=SECRET, secret=SECRET)
 
 
+# --- process boundaries: the carrier crosses pickled; its task runs here, where the
+# exporter is (tests/test_process_spans.py runs real worker processes) ---------------
+
+
+def _across(runner_module: str, seen: Seen) -> None:
+    import importlib
+    import pickle
+
+    from ctxrelay import carrier
+
+    ctxrelay.instrument(process_vars=[SECRET_VAR])  # declared: its value crosses
+    module = importlib.import_module(f"ctxrelay.runners.{runner_module}")
+    if runner_module == "process_pool":
+        task = module._carried(seen.work)
+    elif runner_module == "multiprocessing":
+        task = module._carried(module.RUNNER, seen.work)
+    else:
+        found = ctxrelay.relay.hand_over_carrier(module.RUNNER, seen.work)
+        task = carrier.Task(seen.work, found)
+    shipped = pickle.loads(pickle.dumps(task.carrier))  # as a worker process gets it
+    copy_context().run(lambda: (SECRET_VAR.set("EMPTY"), carrier.Task(seen.work, shipped)(SECRET)))
+
+
+def run_process_pool(seen: Seen) -> None:
+    _across("process_pool", seen)
+
+
+def run_multiprocessing(seen: Seen) -> None:
+    _across("multiprocessing", seen)
+
+
+def run_dask(seen: Seen) -> None:
+    pytest.importorskip("distributed")
+    _across("dask", seen)
+
+
+def run_celery_tasks(seen: Seen) -> None:
+    pytest.importorskip("celery")
+    from celery import Celery
+
+    from ctxrelay.runners import celery as celery_runner
+
+    ctxrelay.instrument(process_vars=[SECRET_VAR])
+    app = Celery("security", broker="memory://", set_as_current=False)
+    task = app.task(name="security")(seen.work)
+    headers: dict[str, Any] = {}
+    celery_runner.on_publish(sender="security", headers=headers)
+
+    def worker() -> None:
+        SECRET_VAR.set("EMPTY")
+        task.push_request(**headers)
+        try:
+            celery_runner.on_prerun(task_id="1", task=task)
+            seen.work(SECRET)
+            celery_runner.on_postrun(task_id="1", retval="done", state="SUCCESS")
+        finally:
+            task.pop_request()
+
+    copy_context().run(worker)
+
+
 SCENARIOS: dict[str, Callable[[Seen], None]] = {
     "threading": run_threads,
     "_thread": run_raw_thread,
@@ -241,6 +302,10 @@ SCENARIOS: dict[str, Callable[[Seen], None]] = {
     "pyee": run_pyee,
     "pubsub": run_pubsub,
     "celery": run_celery,
+    "process_pool": run_process_pool,
+    "multiprocessing": run_multiprocessing,
+    "celery_tasks": run_celery_tasks,
+    "dask": run_dask,
 }
 #: buses whose payload record_payloads describes with the secret inside the bounded repr
 #: (the positive control; griptape's payload is the event object, whose repr starts

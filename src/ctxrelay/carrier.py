@@ -543,6 +543,8 @@ class _AtExit:
             return
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return  # someone handles SIGTERM already: leave it to them
+        if getattr(trace.get_tracer_provider(), "force_flush", None) is None:
+            return  # no SDK in this process: nothing to flush, SIGTERM stays the kernel's
 
         def flush_then_die(signum: int, frame: Any) -> None:
             # The handler interrupts the main thread anywhere, a flush of its own

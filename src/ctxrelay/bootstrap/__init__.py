@@ -96,13 +96,25 @@ def configure_sdk() -> bool:
         "ctxrelay: the OpenTelemetry SDK set-up from OTEL_* failed; context is still carried "
         "into threads, spans are not exported"
     )
-    return _guarded(failed, _configure)
+    configured = _guarded(failed, _configure)
+    # Spans buffered when SIGTERM (docker stop, systemd) ends the process are flushed
+    # first; the process then dies of SIGTERM as it would have (bootstrap/sigterm.py).
+    _guarded("ctxrelay: the SIGTERM flush could not be set up", _sigterm)
+    return configured
 
 
 def _configure() -> bool:
     from ctxrelay import sdk
 
     return sdk.configure_from_env()
+
+
+def _sigterm() -> bool:
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    from ctxrelay.bootstrap import sigterm
+
+    return sigterm.install()
 
 
 def _instrument() -> bool:

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from opentelemetry.trace import TracerProvider
 
-from ctxrelay import config, left_behind, patching, relay, spans, table
+from ctxrelay import coexist, config, left_behind, patching, relay, spans, table
+from ctxrelay.runners import threads
 
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
 
@@ -91,6 +92,8 @@ def instrument(
         if _selected is not None:
             patching.remove_all()
         patching.apply(p for p in table.patches() if p.name in selected)
+        if threads.NAME in selected:
+            coexist.watch(threads.NAME)  # tools that replace what was just wrapped
         _selected = selected
 
 

@@ -273,3 +273,15 @@ def _take_off(inst: _Installed) -> None:
         node = inner
     # Someone holds our wrapper where it cannot be reached: leave it, switched off.
     _parked[inst.patch] = inst
+
+
+def refresh(module_name: str) -> None:
+    """Re-apply ``module_name``'s patches where another tool replaced what ctxrelay wrapped.
+
+    For tools that swap a module's attributes after ctxrelay patched them (gevent's
+    ``monkey.patch_all()`` replaces ``threading._start_new_thread``): the replacement is
+    wrapped in turn, so work keeps its context whichever tool came first.
+    """
+    module = sys.modules.get(module_name)
+    if module is not None:
+        _on_import(module)

@@ -91,6 +91,9 @@ def test_a_child_forked_from_a_thread_ends_as_without(tmp_path: Path) -> None:
 
 def test_fork_at_exit_is_quiet(tmp_path: Path) -> None:
     bare, on = _both(tmp_path, FORK_AT_EXIT)
+    if "can't fork at interpreter shutdown" in bare[2]:
+        # CPython 3.12.0-3.12.x refuses os.fork() in an atexit callback even bare.
+        pytest.skip(f"{sys.version.split()[0]} cannot fork at exit, with or without ctxrelay")
     assert bare == (0, ["child at exit", "main"], ""), bare
     assert on == bare
 

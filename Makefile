@@ -6,7 +6,7 @@ EXTRAS ?= test,frameworks,bench,lint
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv test demo bench clean phoenix redis matrix test-slow ci lint dist
+.PHONY: venv test demo bench clean phoenix redis matrix test-slow ci lint dist foreign-suites
 
 # Arize Phoenix, the real OTLP receiver of the end-to-end tests (tests/test_e2e_phoenix.py).
 # Its dependency tree is huge and pins things gradio also pins: it gets its own venv,
@@ -85,6 +85,16 @@ dist: venv
 bench: venv
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/processes.py
+
+# CPython's own thread/pool/asyncio/socketserver suites and anyio's and starlette's from
+# their sdists, bare vs CTXRELAY_ENABLED=1 vs instrument() under a sampled root span
+# (benchmarks/foreign_suites.py; docs/reliability.md). About 25 minutes; not part of `test`.
+PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python))
+foreign-suites: venv
+	$(BIN)/python -m pip install -q -e '.[foreign]'
+	@if [ -n "$(PY313)" ] && [ ! -x .venv-3.13/bin/python ]; then \
+		$(PY313) -m venv .venv-3.13 && .venv-3.13/bin/python -m pip install -q -e '.[test]'; fi
+	$(BIN)/python benchmarks/foreign_suites.py $(FOREIGN_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

@@ -18,6 +18,11 @@ suite three times with the same interpreter and the same installed packages:
     span to the main thread's context, so every hand-over records a hop span.  Each
     process writes its span count to the work directory at exit: the report shows the
     hop spans recorded, proof that ctxrelay was on the path.
+``span``
+    ``root`` without ``instrument()``: ``root``'s baseline for the pytest suites, which
+    use OpenTelemetry themselves (an ambient root span is visible to starlette's
+    OpenTelemetry middleware tests with or without ctxrelay).  ``env`` and the CPython
+    suites' ``root`` are compared with ``bare``.
 
 It collects per-test outcomes (``pass``/``fail``/``error``/``skip``) from JUnit XML
 (``python -m test --junit-xml``, pytest ``--junitxml``), the per-file results of
@@ -43,7 +48,8 @@ Suites (see docs/reliability.md, "Other people's test suites"):
     .venv/bin/python benchmarks/foreign_suites.py --suite test_thread --venv .venv-3.13
     make foreign-suites                                           # builds .venv-3.13 too
 
-Exit status 0 when every stable difference is one listed in ``EXPLAINED`` below, 1 otherwise.
+Exit status 0 when every difference that is not flaky is listed in ``EXPLAINED`` below
+(each is explained in docs/reliability.md), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -66,7 +72,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("bare", "env", "root")
+MODES = ("bare", "env", "root", "span")
+#: What each mode is compared with.  ``span`` is ``root`` without ``instrument()``: the
+#: same tracer provider and ambient root span, for suites that use OpenTelemetry
+#: themselves (starlette's OpenTelemetry middleware tests see the root span as their
+#: parent with or without ctxrelay).
+BASELINE = {"env": "bare", "root": "bare", "span": "bare"}
 CPYTHON_SUITES = (  # quickest first
     "test_thread",
     "test_threading",
@@ -74,6 +85,10 @@ CPYTHON_SUITES = (  # quickest first
     "test_concurrent_futures",
     "test_asyncio",
 )
+#: regrtest resources a suite needs.  test_socketserver asks for "network" as a whole but
+#: only ever talks to ``socket_helper.HOST`` (localhost); no other suite gets it, since
+#: test_asyncio's network tests reach outside hosts.
+RESOURCES = {"test_socketserver": "network"}
 #: CPython suites that are packages: run sub-module by sub-module (``-j`` spreads them).
 SPLIT = ("test_asyncio", "test_concurrent_futures")
 PYTEST_SUITES = {
@@ -83,7 +98,15 @@ PYTEST_SUITES = {
 
 #: Differences judged inherent, each explained in docs/reliability.md: (suite glob,
 #: test-id glob, modes).  A stable difference not matched here makes the exit status 1.
-EXPLAINED: list[tuple[str, str, tuple[str, ...]]] = []
+EXPLAINED: list[tuple[str, str, tuple[str, ...]]] = [
+    # The .pth activation imports threading before __main__ runs; the test's child
+    # (python -I -c ...) inherits CTXRELAY_ENABLED=1 and asserts threading is not imported.
+    ("test_threading", "*.ThreadTests.test_import_from_another_thread", ("env",)),
+    # Starlette's OpenTelemetry middleware tests count the spans of a request: ctxrelay
+    # adds the hop span of the sync endpoint's anyio.to_thread call (asyncio backend).
+    # All pass with CTXRELAY_HOP_SPANS=0.
+    ("starlette", "tests/middleware/test_opentelemetry.py::*[[]asyncio*", ("env", "root")),
+]
 
 ROOT_SITECUSTOMIZE = '''\
 """Written by benchmarks/foreign_suites.py: instrument() under a sampled root span."""
@@ -110,7 +133,8 @@ def _start():
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(_Count()))
     trace.set_tracer_provider(provider)
-    ctxrelay.instrument()
+    if os.environ.get("FOREIGN_SUITES_INSTRUMENT") != "0":
+        ctxrelay.instrument()
     root = provider.get_tracer("foreign_suites").start_span("foreign suite")
     context.attach(trace.set_span_in_context(root))
     out = os.environ.get("FOREIGN_SUITES_SPANS")
@@ -157,7 +181,10 @@ class Suite:
 
 
 def _py(venv: Path, code: str) -> str:
-    return subprocess.check_output([str(venv / "bin" / "python"), "-c", code], text=True).strip()
+    python = str(venv / "bin" / "python")
+    return subprocess.check_output(
+        [python, "-c", code], text=True, stderr=subprocess.DEVNULL
+    ).strip()
 
 
 def _debian_testsuite(work: Path, minor: str) -> Path | None:
@@ -208,17 +235,24 @@ def cpython_suite(venv: Path, name: str, work: Path) -> Suite | None:
         return None
     testdir = work / f"testdir-{minor}-{name}"
     src = deb_found if deb_found.is_dir() else deb_found.with_suffix(".py")
+    # Renamed: regrtest treats "test_concurrent_futures" as a package to split (it is one
+    # in 3.11.7, which pyenv's install left out), and would look for a directory.
+    copy = f"{name}_debian"
     if not testdir.exists():
         testdir.mkdir(parents=True)
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, testdir / src.name)
+        if src.is_dir():
+            shutil.copytree(src, testdir / copy)
+        else:
+            shutil.copy2(src, testdir / f"{copy}.py")
     debs = sorted((work / f"debian-python{minor}").glob("*.deb"))
     label = debs[-1].name if debs else "Debian testsuite"
     return Suite(
         name,
         "regrtest",
         cwd,
-        _split(deb_found, name),
-        f"{src.name} from {label} (not shipped by this {version} install), run by {version}",
+        _split(testdir / copy, copy),
+        f"{src.name} from {label} (not shipped by this {version} install; run as {copy}) "
+        f"by {version}",
         testdir=testdir,
     )
 
@@ -244,8 +278,19 @@ def pytest_suite(venv: Path, name: str, work: Path) -> Suite | None:
         archive = next(iter(sdists.glob(f"{dist}-{version}.tar.gz")), None)
         if archive is None:
             subprocess.run(
-                [python, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps"]
-                + ["-d", str(sdists), f"{dist}=={version}"],
+                [
+                    python,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-binary",
+                    ":all:",
+                    "--no-deps",
+                    "-d",
+                    str(sdists),
+                    f"{dist}=={version}",
+                ],
                 check=True,
             )
             archive = next(sdists.glob(f"{dist}-{version}.tar.gz"))
@@ -256,7 +301,7 @@ def pytest_suite(venv: Path, name: str, work: Path) -> Suite | None:
                 for m in tar.getmembers()
                 if m.name.startswith(top + "tests/") or m.name == top + "pyproject.toml"
             ]
-            tar.extractall(work, members=members)  # noqa: S202 (an sdist we just fetched)
+            tar.extractall(work, members=members)
     return Suite(name, "pytest", base, paths, f"{dist} {version} sdist: {' '.join(paths)}")
 
 
@@ -268,7 +313,9 @@ def _env(mode: str, work: Path, spans: Path) -> dict[str, str]:
     env.pop("PYTHONPATH", None)
     if mode == "env":
         env["CTXRELAY_ENABLED"] = "1"
-    elif mode == "root":
+    elif mode in ("root", "span"):
+        if mode == "span":
+            env["FOREIGN_SUITES_INSTRUMENT"] = "0"
         site_dir = work / "root-site"
         site_dir.mkdir(parents=True, exist_ok=True)
         (site_dir / "sitecustomize.py").write_text(ROOT_SITECUSTOMIZE)
@@ -285,6 +332,8 @@ def command(suite: Suite, venv: Path, xml: Path, jobs: int, timeout: int, only=N
         cmd += ["--junit-xml", str(xml)]
         for test_id in ignore:
             cmd += ["-i", test_id]
+        if suite.name in RESOURCES:
+            cmd += ["-u", RESOURCES[suite.name]]
         if suite.testdir is not None:
             cmd += ["--testdir", str(suite.testdir)]
         if only:
@@ -463,7 +512,7 @@ def parse_verbose(text: str) -> tuple[dict[str, str], str]:
 
 def _file_state(rest: str) -> str:
     words = ("env changed", "crashed", "timed out", "timeout", "no tests ran", "run no tests")
-    for word in words + ("non-zero exit",):
+    for word in (*words, "non-zero exit"):
         if word in rest:
             return word
     return re.sub(r"\s*\(.*\)$", "", rest).strip() or "?"
@@ -486,8 +535,8 @@ def differences(base: Run, other: Run) -> tuple[list, list]:
     return tests, files
 
 
-def recheck(suite: Suite, venv: Path, mode: str, tests: list, files: list, out: Path, args):
-    """Re-run what differed, ``args.recheck`` times in bare and in ``mode``: stable or flaky."""
+def recheck(suite, venv, mode, base, tests, files, out, args) -> dict[str, str]:
+    """Re-run what differed, ``args.recheck`` times in ``base`` and ``mode``: stable or flaky."""
     verdicts: dict[str, str] = {}
     if args.recheck <= 0:
         return verdicts
@@ -509,7 +558,7 @@ def recheck(suite: Suite, venv: Path, mode: str, tests: list, files: list, out: 
     for n, (file, ids) in enumerate(sorted(groups.items())):
         seen: dict[str, dict[str, set[str]]] = {}
         for attempt in range(args.recheck):
-            for m in ("bare", mode):
+            for m in (base, mode):
                 only = ([file], ids) if suite.kind == "regrtest" else (ids or [file])
                 res = run(suite, venv, m, out, args, only=only, tag=f".recheck{n}.{attempt}")
                 for test_id in ids:
@@ -519,13 +568,13 @@ def recheck(suite: Suite, venv: Path, mode: str, tests: list, files: list, out: 
                 key = file.removeprefix("test.")
                 seen.setdefault(key, {}).setdefault(m, set()).add(res.files.get(key, "absent"))
         for test_id, by_mode in seen.items():
-            b, o = by_mode.get("bare", set()), by_mode.get(mode, set())
+            b, o = by_mode.get(base, set()), by_mode.get(mode, set())
             if len(b) == 1 and len(o) == 1 and b != o:
-                verdicts[test_id] = f"stable: bare {b.pop()}, {mode} {o.pop()}"
+                verdicts[test_id] = f"stable: {base} {b.pop()}, {mode} {o.pop()}"
             elif b == o and len(b) == 1:
                 verdicts[test_id] = f"not reproduced (both {b.pop()})"
             else:
-                verdicts[test_id] = f"flaky: bare {sorted(b)}, {mode} {sorted(o)}"
+                verdicts[test_id] = f"flaky: {base} {sorted(b)}, {mode} {sorted(o)}"
     return verdicts
 
 
@@ -578,7 +627,7 @@ def main() -> int:
         action="append",
         help="suite to run (repeatable): " + ", ".join(CPYTHON_SUITES + tuple(PYTEST_SUITES)),
     )
-    parser.add_argument("--mode", action="append", choices=MODES[1:], help="default: env and root")
+    parser.add_argument("--mode", action="append", choices=MODES[1:3], help="default: env and root")
     parser.add_argument("--jobs", type=int, default=2, help="regrtest -j (default 2)")
     parser.add_argument("--timeout", type=int, default=300, help="per test file/test, seconds")
     parser.add_argument("--timeout-min", type=int, default=90, help="lower bound, seconds")
@@ -592,10 +641,11 @@ def main() -> int:
         "--reuse", action="store_true", help="reuse the saved outcome of a suite and mode"
     )
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     args.work = args.work.resolve()
     venvs = args.venv or [v for v in (ROOT / ".venv", ROOT / ".venv-3.13") if v.is_dir()]
     names = args.suite or list(CPYTHON_SUITES[:3]) + list(PYTEST_SUITES) + list(CPYTHON_SUITES[3:])
-    modes = args.mode or list(MODES[1:])
+    modes = args.mode or list(MODES[1:3])
     report: dict = {}
     unexplained = 0
     for venv in venvs:
@@ -609,7 +659,7 @@ def main() -> int:
             if name in CPYTHON_SUITES:
                 suite = cpython_suite(venv, name, args.work)
             elif name in PYTEST_SUITES:
-                if venv.name != ".venv" and not args.suite and not args.venv:
+                if venv.name != ".venv" and not args.suite:
                     continue  # the sdist suites run on the default venv unless asked
                 suite = pytest_suite(venv, name, args.work)
             else:
@@ -618,7 +668,10 @@ def main() -> int:
                 continue
             print(f"\n=== {name} [{suite.source}]", flush=True)
             runs = {}
-            for mode in ["bare"] + modes:
+            wanted = list(modes)
+            if suite.kind == "pytest" and "root" in wanted:
+                wanted.append("span")  # root's baseline (see BASELINE)
+            for mode in ["bare", *wanted]:
                 saved = out / f"{name}.{mode}.json"
                 if args.reuse and saved.is_file():
                     runs[mode] = Run(**json.loads(saved.read_text()))
@@ -632,38 +685,45 @@ def main() -> int:
                     suite.timeout = min(
                         args.timeout, max(args.timeout_min, int(5 * runs[mode].seconds))
                     )
+            if not runs["bare"].tests:
+                print(f"  bare ran no test (see {runs['bare'].log}): nothing to compare")
+                unexplained += 1
             entry = report.setdefault(version, {}).setdefault(name, {"source": suite.source})
             entry["runs"] = {
                 m: {"tests": r.tests, "files": r.files, "exit": r.returncode, "seconds": r.seconds}
                 | {"spans": r.spans, "processes": r.processes, "log": r.log}
                 for m, r in runs.items()
             }
-            for mode in modes:
-                tests, files = differences(runs["bare"], runs[mode])
+            for mode in wanted:
+                base = "span" if mode == "root" and "span" in runs else BASELINE[mode]
+                tests, files = differences(runs[base], runs[mode])
                 if not tests and not files:
-                    print(f"  {mode}: same outcomes as bare")
+                    print(f"  {mode}: same outcomes as {base}")
                     continue
-                verdicts = recheck(suite, venv, mode, tests, files, out, args)
-                print(f"  {mode}: {len(tests)} test(s) and {len(files)} file(s) differ from bare")
+                verdicts = recheck(suite, venv, mode, base, tests, files, out, args)
+                print(f"  {mode}: {len(tests)} test(s) and {len(files)} file(s) differ from {base}")
                 rows = [("test", *t) for t in tests] + [("file", *f) for f in files]
                 entry.setdefault("differences", {})[mode] = []
                 for what, item, before, after in rows:
                     verdict = verdicts.get(item, verdicts.get(item.removeprefix("test."), ""))
                     known = explained(name, item, mode)
-                    if verdict.startswith("stable") and not known:
+                    if not known and (verdict.startswith("stable") or not verdict):
                         unexplained += 1
                     mark = " (explained)" if known else ""
-                    line = f"    {what} {item}: bare {before} -> {mode} {after}"
+                    line = f"    {what} {item}: {base} {before} -> {mode} {after}"
                     print(
                         textwrap.shorten(line, 400) + (f"  [{verdict}]" if verdict else "") + mark
                     )
                     entry["differences"][mode].append(
-                        {"what": what, "id": item, "bare": before, mode: after}
+                        {"what": what, "id": item, base: before, mode: after}
                         | {"recheck": verdict, "explained": known}
                     )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, sort_keys=True))
-    print(f"\n{unexplained} stable difference(s) not explained in EXPLAINED")
+    print(
+        f"\n{unexplained} difference(s) neither explained in EXPLAINED nor flaky"
+        " (or suites that ran no test)"
+    )
     return 1 if unexplained else 0
 
 

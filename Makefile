@@ -88,7 +88,7 @@ bench: venv
 
 # CPython's own thread/pool/asyncio/socketserver suites and anyio's and starlette's from
 # their sdists, bare vs CTXRELAY_ENABLED=1 vs instrument() under a sampled root span
-# (benchmarks/foreign_suites.py; docs/reliability.md). About 25 minutes; not part of `test`.
+# (benchmarks/foreign_suites.py; docs/reliability.md). 30-40 minutes per Python; not part of `test`.
 PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python))
 foreign-suites: venv
 	$(BIN)/python -m pip install -q -e '.[foreign]'

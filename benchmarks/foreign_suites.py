@@ -44,7 +44,7 @@ Suites (see docs/reliability.md, "Other people's test suites"):
   installed package is the one tested.  Their test-only dependencies are the
   ``foreign`` extra (``pip install -e '.[foreign]'``).
 
-    .venv/bin/python benchmarks/foreign_suites.py                 # everything (~25 min)
+    .venv/bin/python benchmarks/foreign_suites.py                 # everything (30-40 min a Python)
     .venv/bin/python benchmarks/foreign_suites.py --suite test_thread --venv .venv-3.13
     make foreign-suites                                           # builds .venv-3.13 too
 

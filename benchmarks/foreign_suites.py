@@ -592,6 +592,10 @@ def _qualified(suite: Suite, name: str) -> str:
     return name
 
 
+def _in_file(test_id: str, file: str) -> bool:
+    return test_id.removeprefix("test.").startswith(file + ".")
+
+
 def explained(suite: str, test_id: str, mode: str) -> bool:
     return any(
         fnmatch.fnmatch(suite, s) and fnmatch.fnmatch(test_id, t) and mode in modes
@@ -707,6 +711,14 @@ def main() -> int:
                 for what, item, before, after in rows:
                     verdict = verdicts.get(item, verdicts.get(item.removeprefix("test."), ""))
                     known = explained(name, item, mode)
+                    if what == "file":
+                        # A file's result follows from its tests': it is explained when
+                        # the differences of its tests are (a file with none stands alone).
+                        inside = [t for t, _, _ in tests if _in_file(t, item)]
+                        inside_known = all(explained(name, t, mode) for t in inside)
+                        known = known or (bool(inside) and inside_known)
+                        if inside:
+                            verdict = verdict or "follows from its tests"
                     if not known and (verdict.startswith("stable") or not verdict):
                         unexplained += 1
                     mark = " (explained)" if known else ""

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip(
+    "opentelemetry.proto", reason="opentelemetry-proto is not installed (the frameworks extra)"
+)
+
 from activation_support import CTXRELAY, base_env, run
 from otlp_receiver import Receiver, receiver
 

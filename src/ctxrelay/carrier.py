@@ -130,10 +130,9 @@ def _resolve_path(path: str) -> ContextVar[Any] | None:
                 var = getattr(var, part)
         except Exception:
             var = None
-    if not isinstance(var, ContextVar):
-        var = None
-    _by_path[path] = var
-    return var
+    resolved: ContextVar[Any] | None = var if isinstance(var, ContextVar) else None
+    _by_path[path] = resolved
+    return resolved
 
 
 def _path_of(var: ContextVar[Any]) -> str | None:

@@ -30,8 +30,14 @@ RUNNER = "multiprocessing.Pool"
 PROCESS_RUNNER = "multiprocessing.Process"
 _POOL = "multiprocessing.pool"
 _PROCESS = "multiprocessing.process"
-_ENGINE_MODULES = ("multiprocessing.", "concurrent.", "billiard.", "celery.", "distributed.")
-_ENGINE_MODULES += ("dask.",)
+_ENGINE_MODULES: tuple[str, ...] = (
+    "multiprocessing.",
+    "concurrent.",
+    "billiard.",
+    "celery.",
+    "distributed.",
+    "dask.",
+)
 
 
 def _carried(runner: str, fn: Any, fresh: bool = True) -> Any:

@@ -20,13 +20,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 APP = """\
-import signal, sys, time
+import os, signal, sys, time
 from opentelemetry import trace
 mode = sys.argv[1]
 if mode in ("own", "chain"):
     previous = signal.getsignal(signal.SIGTERM)
     def handler(signum, frame):
-        print("APP HANDLER", flush=True)
+        # os.write, not print(): SIGTERM may land while the main thread is inside a
+        # print, and a handler that prints then (or exits) deadlocks on stdout's lock.
+        os.write(1, b"APP HANDLER\\n")
         if mode == "chain" and callable(previous):
             previous(signum, frame)  # a handler that calls its predecessor first
         sys.exit(3)
@@ -34,7 +36,7 @@ if mode in ("own", "chain"):
 tracer = trace.get_tracer("app")
 with tracer.start_as_current_span("finished-request"):
     pass
-print("READY", flush=True)
+os.write(1, b"READY\\n")
 time.sleep(60)
 """
 

@@ -577,6 +577,19 @@ _flushing = False
 _die_after_flush: list[bool] = []
 
 
+def defer_death_if_flushing() -> bool:
+    """In a SIGTERM handler: True (and death deferred to the flush's end) while a flush runs.
+
+    The handler runs in the main thread, possibly inside :func:`flush`; flushing again
+    from there waits on the exporter's lock that the interrupted flush holds, and the
+    spans that flush was exporting are lost.
+    """
+    if _flushing:
+        _die_after_flush[:] = [True]
+        return True
+    return False
+
+
 def flush(timeout_millis: int = 5000) -> None:
     """Export what this process's tracer provider still holds.  Never raises."""
     global _flushing

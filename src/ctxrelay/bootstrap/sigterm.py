@@ -28,6 +28,7 @@ from __future__ import annotations
 import _thread
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -71,6 +72,11 @@ def _flush() -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # A process-pool worker may be inside the carrier's exit flush (its finalizers run
+    # before Pool.terminate's SIGTERM lands): let that flush finish, then die.
+    carrier = sys.modules.get("ctxrelay.carrier")
+    if carrier is not None and carrier.defer_death_if_flushing():
+        return
     _flush()
     if signal.getsignal(signum) is not _on_sigterm:
         return  # chained to by the handler in force: that one decides

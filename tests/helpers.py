@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -35,6 +36,20 @@ FREE_THREADED: bool = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
 def spans_named(exporter: InMemorySpanExporter, prefix: str) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.name.startswith(prefix)]
+
+
+def wait_for_spans(
+    exporter: InMemorySpanExporter, prefix: str, count: int = 1, timeout: float = 10.0
+) -> list[ReadableSpan]:
+    """The spans named ``prefix...`` once at least ``count`` have ended (or at ``timeout``).
+
+    For work whose thread the test cannot join (a server's daemon request threads): the
+    reply can reach the test before that thread has ended its hop span.
+    """
+    deadline = time.monotonic() + timeout
+    while len(spans_named(exporter, prefix)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return spans_named(exporter, prefix)
 
 
 def parent_of(span: ReadableSpan, exporter: InMemorySpanExporter) -> ReadableSpan | None:

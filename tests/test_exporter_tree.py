@@ -438,10 +438,19 @@ def test_a_failing_output_never_raises_into_the_sdk() -> None:
 
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(TreeSpanExporter(Broken())))
-    with provider.get_tracer("test").start_as_current_span("root"):
-        pass  # ending the span exports it synchronously: no exception reaches us
+    with pytest.warns(ConfigWarning) as told:
+        for _ in range(3):
+            with provider.get_tracer("test").start_as_current_span("root"):
+                pass  # ending the span exports it synchronously: no exception reaches us
+    # One warning per exporter, not one per lost tree.
+    assert [str(w.message) for w in told] == [
+        "ctxrelay: writing trace trees to the stream given to TreeSpanExporter failed "
+        "(OSError: disk full); trees are lost while it fails."
+    ]
     exporter = TreeSpanExporter(Broken())
-    assert exporter.export(list(_children_of_many_traces(1, 1)[0])) is SpanExportResult.FAILURE
+    with pytest.warns(ConfigWarning):
+        result = exporter.export(list(_children_of_many_traces(1, 1)[0]))
+    assert result is SpanExportResult.FAILURE
 
 
 def test_ascii_only_streams_get_an_ascii_tree() -> None:

@@ -419,10 +419,14 @@ class TreeSpanExporter(SpanExporter):
         if self._write_failed:
             return
         self._write_failed = True
-        target = self._target if isinstance(self._target, str) else "the given stream"
+        where = (
+            f"{ENV_FILE}={shown(self._target)}"
+            if isinstance(self._target, str)
+            else "the stream given to TreeSpanExporter"
+        )
         try:
             warnings.warn(
-                f"ctxrelay: writing trace trees to {ENV_FILE}={shown(target)} failed "
+                f"ctxrelay: writing trace trees to {where} failed "
                 f"({type(exc).__name__}: {exc}); trees are lost while it fails.",
                 ConfigWarning,
                 stacklevel=2,

@@ -32,11 +32,14 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import wrapt
+from ctxrelay import imports, lean_imports
 
-from ctxrelay import imports
+if TYPE_CHECKING:
+    import wrapt
+else:  # without the asyncio and importlib.metadata imports only unused helpers need
+    wrapt = lean_imports.load("wrapt", lean_imports.WRAPT)
 
 __all__ = ["Patch", "active", "apply", "installed", "remove_all"]
 
@@ -184,6 +187,8 @@ def _reloaded(inst: _Installed, module: Any) -> bool:
 
 def _install(patch: Patch) -> None:
     try:
+        if not patch.applies():  # asked again with the module loaded (it may inspect it)
+            return
         parked = _parked.pop(patch, None)
         module = sys.modules[patch.module]
         if parked is not None and _still_in_chain(parked):

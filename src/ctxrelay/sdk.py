@@ -48,7 +48,18 @@ from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+from ctxrelay import lean_imports
+
+# Before the SDK's tracing imports it: psutil, socket and subprocess only when a detector
+# that is off by default (process, host, os) asks for them.
+lean_imports.load(
+    "opentelemetry.sdk.resources",
+    lean_imports.SDK_RESOURCES,
+    within="opentelemetry.sdk.resources",
+)
+
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider  # noqa: E402
 
 __all__ = ["DEFAULT_EXPORTER", "FALLBACK_EXPORTER", "configure_from_env", "default_exporter"]
 
@@ -196,10 +207,8 @@ def configure_from_env(report: Callable[[str], None] | None = None) -> bool:
             "recorded; context is still carried into threads."
         )
         return False
-    from opentelemetry.sdk.resources import Resource
-
     provider = StartupTracerProvider(
-        sampler=_sampler(), resource=Resource.create(), id_generator=_id_generator()
+        sampler=_sampler(), resource=_resource(), id_generator=_id_generator()
     )
     for _, exporter in exporters:
         provider.add_span_processor(_LazyBatchProcessor(exporter))
@@ -212,6 +221,39 @@ def configure_from_env(report: Callable[[str], None] | None = None) -> bool:
         )
     _other_signals(provider.resource, report)
     return True
+
+
+def _resource() -> Any:
+    """``Resource.create()``, without its thread pool when only the built-in detectors run.
+
+    ``Resource.create`` runs every detector in a new ``ThreadPoolExecutor`` (a thread
+    started and joined at every start-up).  With ``OTEL_EXPERIMENTAL_RESOURCE_DETECTORS``
+    unset only the SDK's two built-in detectors run (``service_instance``, ``otel``: they
+    read the environment and draw a UUID); they are called here in order, merged as
+    ``get_aggregated_resources`` merges them.  Any other detector set, or an SDK whose
+    private helpers have moved, goes through ``Resource.create`` itself.
+    """
+    from opentelemetry.sdk import resources
+
+    build = getattr(resources, "_build_resource_detectors", None)
+    default = getattr(resources, "_DEFAULT_RESOURCE", None)
+    if _env("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS") or build is None or default is None:
+        return resources.Resource.create()
+    resource = default
+    for detector in build():
+        try:
+            resource = resource.merge(detector.detect())
+        except Exception as exc:
+            if detector.raise_on_error:
+                raise
+            resources.logger.warning("Exception %s in detector %s, ignoring", exc, detector)
+    resource = resource.merge(resources.Resource({}))
+    if not resource.attributes.get(resources.SERVICE_NAME, None):
+        service = "unknown_service"
+        if sys.executable:
+            service += f":{os.path.basename(sys.executable)}"
+        resource = resource.merge(resources.Resource({resources.SERVICE_NAME: service}))
+    return resource
 
 
 def _print(line: str) -> None:

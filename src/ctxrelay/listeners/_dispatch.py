@@ -48,9 +48,8 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
@@ -61,6 +60,13 @@ from ctxrelay.listeners._describe import describe, module_attribute_name, text, 
 from ctxrelay.otel_fast import parent_allows
 from ctxrelay.patching import Wrapper
 from ctxrelay.spans import end_span, settings
+
+if TYPE_CHECKING:
+    import wrapt
+else:  # see ctxrelay.lean_imports: wrapt without its unused helpers' imports
+    from ctxrelay import lean_imports
+
+    wrapt = lean_imports.load("wrapt", lean_imports.WRAPT)
 
 __all__ = [
     "Bus",

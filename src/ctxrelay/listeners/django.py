@@ -14,7 +14,7 @@ loop; ``send_robust`` logs it and returns it as that receiver's response.  Resul
 
 from __future__ import annotations
 
-from importlib import metadata
+import sys
 
 from ctxrelay.listeners import _dispatch, _signals
 from ctxrelay.patching import Patch
@@ -25,10 +25,10 @@ _MODULE = "django.dispatch.dispatcher"
 
 
 def _has_asend() -> bool:
-    try:
-        return int(metadata.version("django").split(".")[0]) >= 5
-    except (metadata.PackageNotFoundError, ValueError):
-        return False
+    # Asked by the table when the module is imported or at instrument(); no
+    # distribution-metadata lookup (importlib.metadata is slow to import and to ask).
+    module = sys.modules.get(_MODULE)
+    return module is None or hasattr(getattr(module, "Signal", None), "asend")
 
 
 BUS = _dispatch.Bus(

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from asyncio import coroutines
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ctxrelay import relay
@@ -36,7 +34,11 @@ RUNNER = "run_in_executor"
 RUNNER_TO_THREAD = "to_thread"
 
 
+# asyncio and the thread pool are not imported here: the table imports this module at
+# every activation, and the wrapper runs only once asyncio is loaded.
 def _is_thread_pool(loop: Any, executor: Any) -> bool:
+    from concurrent.futures.thread import ThreadPoolExecutor
+
     if executor is None:
         executor = getattr(loop, "_default_executor", None)
         if executor is None:  # the loop will create a ThreadPoolExecutor
@@ -49,6 +51,8 @@ def _is_thread_pool(loop: Any, executor: Any) -> bool:
 
 def _checked_by_asyncio(loop: Any, func: Any) -> bool:
     """In debug mode asyncio rejects coroutines here; let it see the user's callable."""
+    from asyncio import coroutines
+
     return bool(getattr(loop, "_debug", False)) and (
         coroutines.iscoroutine(func) or coroutines.iscoroutinefunction(func)
     )

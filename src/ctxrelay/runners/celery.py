@@ -31,13 +31,18 @@ passes through.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ctxrelay import carrier, relay
+from ctxrelay import relay
 from ctxrelay.patching import Patch
+
+if TYPE_CHECKING:
+    from ctxrelay import carrier
+
+# The carrier (pickle, OpenTelemetry's propagators) is imported by the first signal, not
+# here: the table imports this module at every activation, Celery or not.
 
 NAME = "celery_tasks"
 RUNNER = "celery"
@@ -49,6 +54,8 @@ _entered: dict[tuple[Any, int], carrier.Entered] = {}
 
 
 def _json_size(value: Any) -> int:
+    import json  # only once a task is published (start-up imports this module)
+
     return len(json.dumps(value))
 
 
@@ -77,6 +84,8 @@ def on_publish(sender: Any = None, headers: dict[str, Any] | None = None, **_: A
 
 def on_prerun(task_id: Any = None, task: Any = None, **_: Any) -> None:
     """``task_prerun``, in the worker thread that is about to run the task."""
+    from ctxrelay import carrier
+
     try:
         found = getattr(getattr(task, "request", None), HEADER, None)
         if not isinstance(found, dict):
@@ -93,12 +102,16 @@ def on_prerun(task_id: Any = None, task: Any = None, **_: Any) -> None:
 
 def on_postrun(task_id: Any = None, retval: Any = None, state: Any = None, **_: Any) -> None:
     """``task_postrun``: end the hop and reset every value the prerun set."""
+    from ctxrelay import carrier
+
     entered = _entered.pop((task_id, threading.get_ident()), None)
     failed = state == "FAILURE" and isinstance(retval, BaseException)
     carrier.leave(entered, retval if failed else None)
 
 
 def on_shutdown(**_: Any) -> None:
+    from ctxrelay import carrier
+
     carrier.flush()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctxrelay import carrier, relay
+from ctxrelay import relay
 from ctxrelay.patching import Patch
 
 NAME = "dask"
@@ -24,6 +24,9 @@ RUNNER = "dask"
 
 def relay_func(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Around ``Client.submit(func, ...)`` / ``Client.map(func, ...)``, in the caller."""
+    # Imported here: the table imports this module at every activation (see process_pool).
+    from ctxrelay import carrier
+
     if not args or type(args[0]) is carrier.Task or kwargs.get("actor") or kwargs.get("actors"):
         return wrapped(*args, **kwargs)
     fn = args[0]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ctxrelay import carrier, relay
+from ctxrelay import relay
 from ctxrelay.patching import Patch
 
 NAME = "multiprocessing"
@@ -41,6 +41,9 @@ _ENGINE_MODULES: tuple[str, ...] = (
 
 
 def _carried(runner: str, fn: Any, fresh: bool = True) -> Any:
+    # Imported here: the table imports this module at every activation (see process_pool).
+    from ctxrelay import carrier
+
     if type(fn) is carrier.Task:
         return fn
     try:

@@ -21,7 +21,7 @@ import functools
 import sys
 from typing import Any
 
-from ctxrelay import carrier, relay
+from ctxrelay import relay
 from ctxrelay.patching import Patch
 
 NAME = "process_pool"
@@ -30,6 +30,10 @@ _MODULE = "concurrent.futures.process"
 
 
 def _carried(fn: Any) -> Any:
+    # Not at the top: the table imports this module at every activation, and the carrier
+    # brings pickle, socket and OpenTelemetry's propagators.
+    from ctxrelay import carrier
+
     try:
         if type(fn) is functools.partial and len(fn.args) == 1 and not fn.keywords:
             if fn.func is getattr(sys.modules.get(_MODULE), "_process_chunk", None):

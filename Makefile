@@ -55,8 +55,8 @@ matrix:
 	PYTHON=$(PYTHON) .ci/run matrix
 
 # ruff (lint rules and formatting) and mypy, configured in pyproject.toml; CI fails on any
-# finding.  `ruff format src tests benchmarks examples` and `ruff check --fix` repair most.
-LINT_PATHS := src tests benchmarks examples
+# finding.  `ruff format src tests benchmarks` and `ruff check --fix` repair most.
+LINT_PATHS := src tests benchmarks
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
@@ -68,19 +68,17 @@ ci:
 
 # The same app twice: without ctxrelay (listeners lost in other threads), then with it
 # (all there; the trace trees go to stderr at exit).  Ends by itself in a few seconds.
+# `ctxrelay demo` runs the two (the app is the ctxrelay.demo_app module, in the wheel too).
 demo: venv
-	@echo "=== 1/2 without ctxrelay: python examples/demo_app.py"
-	@CTXRELAY_ENABLED=0 $(BIN)/python examples/demo_app.py
-	@echo
-	@echo "=== 2/2 with ctxrelay: ctxrelay run python examples/demo_app.py  (OTEL_TRACES_EXPORTER=ctxrelay_tree)"
-	@OTEL_TRACES_EXPORTER=ctxrelay_tree OTEL_SERVICE_NAME=ctxrelay-demo \
-		$(BIN)/ctxrelay run $(BIN)/python examples/demo_app.py
+	$(BIN)/ctxrelay demo
 
-# A wheel in dist/, for `pip install dist/ctxrelay-*.whl` in another project's environment.
+# A wheel in dist/ (or DIST=dir), for `pip install dist/ctxrelay-*.whl` in another
+# project's environment.
+DIST ?= dist
 dist: venv
-	rm -rf dist
-	$(BIN)/python -m pip wheel -q --no-deps -w dist .
-	@ls dist
+	rm -rf $(DIST)
+	$(BIN)/python -m pip wheel -q --no-deps -w $(DIST) .
+	@ls $(DIST)
 
 bench: venv
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

@@ -230,6 +230,8 @@ NOT_RUN: dict[str, str] = {
     "pip install /path/to/ctxrelay": _INSTALL,
     "pip install '/path/to/ctxrelay[otlp]'": _INSTALL,
     "pip install 'dist/ctxrelay-0.1.0-py3-none-any.whl[otlp]'": _INSTALL,
+    "pip install 'dist/ctxrelay-0.1.0-py3-none-any.whl[demo]'": _INSTALL,
+    "ctxrelay demo": "Gradio and uvicorn, twice (~20 s): tests/test_wheel.py runs it",
     "pip install opentelemetry-distro": "from PyPI (no network here); the test extra has it",
     "pip install ctxrelay opentelemetry-exporter-otlp": (
         "from PyPI (no network here; ctxrelay is not on PyPI): the otlp extra has the exporter"

@@ -31,7 +31,7 @@ COMMANDS: dict[str, Command] = {
         "ctxrelay.doctor.command:main",
         "run a command like `run` and report where context was lost, pinned or late",
     ),
-    "demo": Command("ctxrelay.demo:main", "run examples/demo_app.py without, then with ctxrelay"),
+    "demo": Command("ctxrelay.demo:main", "run the demo app without, then with ctxrelay"),
 }
 
 RUN_USAGE = """\

@@ -1,9 +1,10 @@
-"""``ctxrelay demo``: run ``examples/demo_app.py`` without, then with ctxrelay.
+"""``ctxrelay demo``: run the demo app (:mod:`ctxrelay.demo_app`) without, then with ctxrelay.
 
 The same two runs as ``make demo``: first plain ``python`` (griptape listeners lost
 in every other thread), then under ``ctxrelay run`` with the trace-tree exporter (all
-there, and the trees on stderr).  The demo app needs the ``frameworks`` extra
-(griptape, FastAPI, uvicorn, httpx) and lives in the source checkout, not in the wheel.
+there, and the trees on stderr).  The app ships in the wheel; the frameworks it serves
+and calls are the ``demo`` extra (griptape, FastAPI, uvicorn, httpx, Gradio and its
+client), named in one message when missing.
 """
 
 from __future__ import annotations
@@ -15,28 +16,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["find_app", "main"]
+from ctxrelay.version import __version__
+
+__all__ = ["APP_MODULE", "NEEDS", "main"]
 
 USAGE = """\
 usage: ctxrelay demo [PATH]
 
-Run the demo app (default: examples/demo_app.py of this checkout) twice: without
-ctxrelay, then with `ctxrelay run` and OTEL_TRACES_EXPORTER=ctxrelay_tree.
+Run the demo app (default: the ctxrelay.demo_app module; or the script PATH) twice:
+without ctxrelay, then with `ctxrelay run` and OTEL_TRACES_EXPORTER=ctxrelay_tree.
+Its frameworks: pip install 'ctxrelay[demo]'.
 """
 
-_NEEDS = ("griptape", "fastapi", "uvicorn", "httpx", "gradio", "gradio_client")
+APP_MODULE = "ctxrelay.demo_app"
+#: What the demo app imports: the ``demo`` extra of pyproject.toml (module names).
+NEEDS = ("attrs", "griptape", "fastapi", "uvicorn", "httpx", "gradio", "gradio_client")
 #: Ends by itself in a few seconds; this only guards against a wedged machine.
 _TIMEOUT_S = 120
-
-
-def find_app() -> Path | None:
-    """``examples/demo_app.py`` in the current directory or in this source checkout."""
-    here = Path(__file__).resolve()
-    for base in (Path.cwd(), *here.parents[:3]):
-        candidate = base / "examples" / "demo_app.py"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _environments() -> tuple[dict[str, str], dict[str, str]]:
@@ -65,21 +61,21 @@ def main(argv: Sequence[str]) -> int:
     if args and args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
-    app = Path(args[0]) if args else find_app()
-    if app is None or not app.is_file():
-        print(
-            "ctxrelay demo: examples/demo_app.py not found. The demo app is not in the "
-            "wheel: it lives in the source checkout (examples/demo_app.py) and needs the "
-            "'frameworks' extra. From a checkout: make demo, or ctxrelay demo "
-            "path/to/examples/demo_app.py.",
-            file=sys.stderr,
-        )
-        return 2
-    missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
+    if args:
+        app = Path(args[0])
+        if not app.is_file():
+            print(f"ctxrelay demo: {app} not found", file=sys.stderr)
+            return 2
+        command, shown = [sys.executable, str(app)], str(app)
+    else:
+        command, shown = [sys.executable, "-m", APP_MODULE], f"-m {APP_MODULE}"
+    missing = [name for name in NEEDS if importlib.util.find_spec(name) is None]
     if missing:
         print(
-            f"ctxrelay demo: the demo needs {', '.join(missing)}: "
-            "pip install 'ctxrelay[frameworks]'",
+            f"ctxrelay demo: the demo app needs {', '.join(missing)}, not installed here "
+            "(the 'demo' extra): pip install "
+            f"'ctxrelay-{__version__}-py3-none-any.whl[demo]' (the wheel of `make dist`), "
+            "or '/path/to/ctxrelay[demo]' from a checkout",
             file=sys.stderr,
         )
         return 2
@@ -91,12 +87,11 @@ def main(argv: Sequence[str]) -> int:
     for index, (title, env) in enumerate(runs):
         if index:
             print(flush=True)
-        print(f"=== {title} {app}", flush=True)
+        print(f"=== {title} {shown}", flush=True)
         try:
-            command = [sys.executable, str(app)]
             done = subprocess.run(command, env=env, timeout=_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
-            print(f"ctxrelay demo: {app} did not finish in {_TIMEOUT_S} s", file=sys.stderr)
+            print(f"ctxrelay demo: {shown} did not finish in {_TIMEOUT_S} s", file=sys.stderr)
             return 1
         if done.returncode:
             return done.returncode

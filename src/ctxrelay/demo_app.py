@@ -10,16 +10,19 @@ each call is enqueued by ``POST /gradio_api/queue/join`` and run later by Gradio
 queue).  For each, it prints how many listeners the handler saw and whether the event
 reached it.
 
-Run it both ways (``make demo`` does)::
+Run it both ways (``ctxrelay demo`` and ``make demo`` do)::
 
-    python examples/demo_app.py                                        # listeners lost
-    OTEL_TRACES_EXPORTER=ctxrelay_tree ctxrelay run python examples/demo_app.py
+    python -m ctxrelay.demo_app                                        # listeners lost
+    OTEL_TRACES_EXPORTER=ctxrelay_tree ctxrelay run python -m ctxrelay.demo_app
 
 The second run also prints the trace trees on stderr at exit (ctxrelay's tree
 exporter): the ``⇢`` lines are the hand-overs to other threads.
 
-The app does not depend on ctxrelay: it only asks it, if installed, whether it is on.
-It uses the OpenTelemetry API only (spans are no-ops unless an SDK is configured).
+It ships in the wheel so that ``ctxrelay demo`` works after a plain install; its
+frameworks are the ``demo`` extra (``pip install 'ctxrelay[demo]'``).  The app does not
+use ctxrelay: it only asks it whether it is on (importing the package activates
+nothing).  It uses the OpenTelemetry API only (spans are no-ops unless an SDK is
+configured).
 """
 
 from __future__ import annotations

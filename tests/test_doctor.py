@@ -352,31 +352,79 @@ monkey.patch_all()
 import threading
 
 import gevent
+import gevent.pool
 
 var = contextvars.ContextVar("v", default="unset")
 var.set("carried")
 seen = []
-thread = threading.Thread(target=lambda: seen.append(var.get()))
+
+
+def look(label):
+    seen.append((label, var.get()))
+
+
+thread = threading.Thread(target=look, args=("thread",))
 thread.start()
 thread.join()
-gevent.spawn(lambda: seen.append(var.get())).join()
-print(seen)
+for _ in range(3):
+    gevent.spawn(look, "spawn").join()  # MARK:spawn
+later = gevent.Greenlet(look, "greenlet")
+later.start()  # MARK:start
+gevent.pool.Pool(2).spawn(look, "pool").join()  # MARK:pool
+if "ctxrelay" in sys.modules:
+    import ctxrelay
+
+    bound = ctxrelay.bind(look)
+else:
+    bound = look
+gevent.spawn(bound, "bound").join()  # MARK:bound
+later.join()
+print(sorted(set(seen)))
 """
 
 
-def test_gevent_greenlets_are_reported(tmp_path: Path) -> None:
+def _gevent_site(mark: str) -> str:
+    lines = GEVENT_APP.splitlines()
+    (number,) = [n for n, line in enumerate(lines, start=1) if f"# MARK:{mark}" in line]
+    return f"gevent_app.py:{number}"
+
+
+def test_gevent_greenlets_are_reported_with_their_call_sites(tmp_path: Path) -> None:
     pytest.importorskip("gevent")
     (tmp_path / "gevent_app.py").write_text(GEVENT_APP, encoding="utf-8")
     path = tmp_path / "report.json"
     command = [str(CTXRELAY), "run", "python", "gevent_app.py"]
     plain = _run(command, tmp_path)
     doctor = _run(command, tmp_path, CTXRELAY_DOCTOR=str(path))
+    text = _run([str(CTXRELAY), "doctor", "python", "gevent_app.py"], tmp_path)
     # gevent replaced threading's start after ctxrelay patched it; ctxrelay wraps gevent's
     # in turn (ctxrelay.coexist), so the Thread carries, but a greenlet spawned directly
-    # does not, with or without the doctor, and the doctor says so.
-    assert plain.returncode == doctor.returncode == 0, doctor.stderr
-    assert plain.stdout == doctor.stdout == "['carried', 'unset']\n"
+    # does not (unless spawned through ctxrelay.bind), with or without the doctor.
+    outcome = (
+        "[('bound', 'carried'), ('greenlet', 'unset'), ('pool', 'unset'), "
+        "('spawn', 'unset'), ('thread', 'carried')]\n"
+    )
+    assert plain.returncode == doctor.returncode == text.returncode == 0, doctor.stderr
+    assert plain.stdout == doctor.stdout == text.stdout == outcome
     report = json.loads(path.read_text(encoding="utf-8"))
-    (greenlet,) = [entry for entry in report["bypassed"] if entry["kind"] == "greenlet"]
-    assert "gevent" in greenlet["detail"]
+    greenlets = {
+        (entry["call_site"].split(" ")[0], entry["function"]): (entry["count"], entry["carried"])
+        for entry in report["bypassed"]
+        if entry["kind"] == "greenlet"
+    }
+    # One finding per spawn site, counted; the monkey-patched Thread is not one of them
+    # (the thread runner carried it), and gevent's own frames (its Pool) are skipped.
+    assert greenlets == {
+        (_gevent_site("spawn"), "__main__.look"): (3, False),
+        (_gevent_site("start"), "__main__.look"): (1, False),
+        (_gevent_site("pool"), "__main__.look"): (1, False),
+        (_gevent_site("bound"), "__main__.look"): (1, True),
+    }, report["bypassed"]
     assert any("ctxrelay.bind" in hint and "gevent" in hint for hint in report["hints"])
+    bypassed = _section(_report_of(text.stderr), 2)
+    assert re.search(
+        rf"gevent greenlet __main__.look at {_gevent_site('spawn')} \(in <module>\) ×3: "
+        "empty context",
+        bypassed,
+    ), bypassed
+    assert f"{_gevent_site('bound')} (in <module>) (carried by ctxrelay.bind)" in bypassed

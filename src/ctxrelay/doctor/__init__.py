@@ -65,6 +65,7 @@ def start(
         _started = time.monotonic()
         watch.note_running_threads(recorder)
         watch.watch_foreign_threads(recorder)
+        watch.watch_greenlets(recorder)
         _recorder = recorder
         relay.set_observer(recorder)
         _dispatch.set_observer(recorder.dispatched)
@@ -102,7 +103,6 @@ def report_now() -> dict[str, Any] | None:
     if recorder is None:
         return None
     findings = recorder.snapshot()
-    findings.starts += watch.gevent_findings()
     with _lock:
         in_effect = {
             **_in_effect,

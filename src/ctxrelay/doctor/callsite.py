@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
-from types import FrameType
+from types import FrameType, ModuleType
 
-__all__ = ["call_site", "frame_site", "is_internal"]
+__all__ = ["call_site", "frame_site", "is_internal", "skip_package"]
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +63,19 @@ def _kind(filename: str) -> tuple[bool, bool]:
         if len(_kinds) < 10_000:
             _kinds[filename] = kind
     return kind
+
+
+def skip_package(module: ModuleType) -> None:
+    """Treat ``module``'s package as tooling from now on (gevent: its spawn functions are
+    to greenlets what ``threading`` is to threads, so the call site is its caller's)."""
+    global _internal_roots
+    added = tuple(
+        os.path.abspath(path).rstrip(os.sep) + os.sep
+        for path in getattr(module, "__path__", None) or ()
+    )
+    if added and not set(added) <= set(_internal_roots):
+        _internal_roots = _internal_roots + added
+        _kinds.clear()
 
 
 def is_internal(filename: str) -> bool:

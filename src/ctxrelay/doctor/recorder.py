@@ -11,7 +11,8 @@ when no span is recorded).  From that alone it keeps:
   than ``late`` seconds before; the call site is looked up only then;
 * pinned contexts: for work that is a whole thread, a weak reference to the captured
   copy tells when the thread let go of it (the copy is freed when ``run()`` returns);
-* raw ``_thread.start_new_thread`` calls, by call site.
+* raw ``_thread.start_new_thread`` calls, by call site (and, told by
+  :mod:`ctxrelay.doctor.watch`, gevent greenlets spawned directly).
 
 Two things are not hand-overs and are noted by the doctor's own observation points
 (:mod:`ctxrelay.doctor.watch`): threads first seen through ``threading.current_thread()``
@@ -158,7 +159,8 @@ class Recorder:
         self._counts: dict[str, list[int]] = {}
         self._dispatches: dict[str, list[int]] = {}
         self._late: dict[tuple[str, str, str | None], Late] = {}
-        self._raw: dict[tuple[str | None, str], Start] = {}
+        #: starts counted per (kind, call site, function): raw threads, greenlets
+        self._counted: dict[tuple[str, str | None, str, bool], Start] = {}
         self._starts: list[Start] = []
         self._pins_alive: dict[int, tuple[weakref.ref[Context], Pin]] = {}
         self._pins_done: list[Pin] = []
@@ -213,16 +215,7 @@ class Recorder:
         site = call_site()
         function = spans.callable_name(fn)
         if runner == RAW_RUNNER:
-            with self._lock:
-                raw = self._raw.get((site, function))
-                if raw is not None:
-                    raw.count += 1
-                elif len(self._raw) < MAX_KEYS:
-                    self._raw[(site, function)] = Start(
-                        "raw_thread", site, function, carried=context is not None
-                    )
-                else:
-                    self._dropped += 1
+            self.note_counted("raw_thread", site, function, carried=context is not None)
         thread = _starting_thread()
         if context is None and thread is not None:
             # 3.14 with thread_inherit_context: start() made the thread's own copy.
@@ -267,6 +260,18 @@ class Recorder:
             row[1] += traced
 
     # --- observation points other than hand-overs --------------------------------------
+    def note_counted(self, kind: str, site: str | None, function: str, *, carried: bool) -> None:
+        """A start of ``kind`` at ``site``: one finding per (site, function), counted."""
+        key = (kind, site, function, carried)
+        with self._lock:
+            start = self._counted.get(key)
+            if start is not None:
+                start.count += 1
+            elif len(self._counted) < MAX_KEYS:
+                self._counted[key] = Start(kind, site, function, carried=carried)
+            else:
+                self._dropped += 1
+
     def note_start(self, start: Start) -> None:
         with self._lock:
             if len(self._starts) < MAX_KEYS:
@@ -288,10 +293,10 @@ class Recorder:
                 if held >= self.pinned_s:
                     pinned.append(Pin(**{**vars(pin), "held_s": held, "still_held": True}))
             starts = [Start(**vars(start)) for start in self._starts]
-            starts += [Start(**vars(start)) for start in self._raw.values()]
+            starts += [Start(**vars(start)) for start in self._counted.values()]
             dropped = self._dropped
         late.sort(key=lambda entry: (-entry.worst_s, -entry.count))
         pinned.sort(key=lambda pin: -pin.held_s)
         order = {"foreign_thread": 0, "before_activation": 1, "greenlet": 2, "raw_thread": 3}
-        starts.sort(key=lambda start: (order.get(start.kind, 9), -start.count))
+        starts.sort(key=lambda start: (order.get(start.kind, 9), start.carried, -start.count))
         return Findings(counts, dispatches, late, pinned, starts, dropped)

@@ -93,10 +93,11 @@ def hints(report: dict[str, Any]) -> list[str]:
             "activate it at start-up (ctxrelay run, CTXRELAY_ENABLED=1) or call "
             "ctxrelay.instrument() before starting them (docs/activation.md)"
         )
-    if "greenlet" in kinds:
+    if any(start["kind"] == "greenlet" and not start["carried"] for start in report["bypassed"]):
         found.append(
-            "under gevent, greenlets are not carried by ctxrelay: spawn with ctxrelay.bind(fn) "
-            f"to keep the spawner's context ({DOCS}#2-starts-that-bypassed-the-patches)"
+            "a gevent greenlet starts in a context of its own, so the spawner's is not "
+            "carried: spawn ctxrelay.bind(fn) instead of fn "
+            f"({DOCS}#2-starts-that-bypassed-the-patches)"
         )
     no_span = _total(report, "no_active_span")
     if no_span:
@@ -187,7 +188,7 @@ def _hand_overs(report: dict[str, Any]) -> list[str]:
 _KIND = {
     "foreign_thread": "foreign thread",
     "before_activation": "started before activation",
-    "greenlet": "gevent",
+    "greenlet": "gevent greenlet",
     "raw_thread": "_thread.start_new_thread",
 }
 
@@ -211,6 +212,8 @@ def _bypassed(report: dict[str, Any]) -> list[str]:
             text += " (carried by the _thread runner)" if start["carried"] else " (not carried)"
         elif start["kind"] == "foreign_thread":
             text += "" if start["carried"] else ": empty context"
+        elif start["kind"] == "greenlet":
+            text += " (carried by ctxrelay.bind)" if start["carried"] else ": empty context"
         if start["detail"] and start["kind"] != "raw_thread":
             text += f" — {start['detail']}"
         lines.append(text)

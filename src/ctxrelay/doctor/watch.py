@@ -9,8 +9,14 @@ Read against ``Lib/threading.py`` of CPython 3.10-3.13.
   excluded, a thread started around the patches) creates a ``threading._DummyThread``.
   Its ``__init__`` is wrapped to note where that first happened and whether the thread
   had any context at all.  The wrapper only reads; the dummy is made as before.
-* gevent: with ``threading`` monkey-patched, threads are greenlets, which start in
-  a context of their own (greenlet >= 1.0); noted at report time.
+* gevent greenlets spawned directly (``gevent.spawn``, ``Greenlet.start``, a gevent
+  ``Pool``'s ``spawn``): each starts in a context of its own (greenlet >= 1.0), so
+  nothing is carried into it.  gevent calls its spawn callbacks
+  (``Greenlet.add_spawn_callback``, gevent >= 1.4; read in gevent 26.9
+  ``greenlet.py``) in the spawner, from ``Greenlet.start()``: the doctor notes the
+  call site there.  Greenlets that are threads (``threading`` monkey-patched) are left
+  to the thread runners, which carry them.  Raw ``greenlet.greenlet`` objects and
+  ``gevent.spawn_raw`` have no such callback and are not seen.
 
 These run only while the doctor is on; nothing here is installed otherwise.
 """
@@ -18,18 +24,20 @@ These run only while the doctor is on; nothing here is installed otherwise.
 from __future__ import annotations
 
 import contextvars
+import os
 import sys
 import threading
+from types import FrameType, ModuleType
 from typing import Any
 
 import wrapt
 
-from ctxrelay import spans
-from ctxrelay.doctor.callsite import call_site, frame_site
+from ctxrelay import imports, relay, spans
+from ctxrelay.doctor.callsite import call_site, frame_site, skip_package
 from ctxrelay.doctor.recorder import Recorder, Start
 from ctxrelay.runners import _thread_roles
 
-__all__ = ["gevent_findings", "note_running_threads", "watch_foreign_threads"]
+__all__ = ["note_running_threads", "watch_foreign_threads", "watch_greenlets"]
 
 _watching = False
 
@@ -91,22 +99,53 @@ def watch_foreign_threads(recorder: Recorder) -> None:
         _watching = False
 
 
-def gevent_findings() -> list[Start]:
-    """One finding if gevent has replaced ``threading``: every "thread" is a greenlet."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None:
-        return []
-    try:
-        patched = bool(monkey.is_module_patched("threading"))
-    except Exception:
-        return []
-    if not patched:
-        return []
-    return [
-        Start(
-            "greenlet",
-            None,
-            detail="gevent monkey-patched threading: threads are greenlets, and each "
-            "greenlet starts in a context of its own",
-        )
-    ]
+_GEVENT_GREENLET = "gevent.greenlet"
+_GEVENT_THREAD = os.path.join("gevent", "thread.py")
+_THREAD_STARTS = frozenset({"start_new_thread", "_start_new_greenlet"})
+
+
+def watch_greenlets(recorder: Recorder) -> None:
+    """Note where each gevent ``Greenlet`` is spawned, now or once gevent is imported."""
+
+    def spawned(greenlet: Any) -> None:
+        # Called by Greenlet.start() (spawn, spawn_later, a Pool's spawn), in the spawner.
+        try:
+            if _started_as_thread():
+                return  # threading under monkey-patching: the thread runners' hand-over
+            run = getattr(greenlet, "_run", None)
+            # A greenlet starts in a context of its own unless one was given to it.
+            bound = isinstance(run, relay._Bound)
+            carried = bound or greenlet.gr_context is not None
+            if bound:
+                run = run.fn  # named after the user's function, as a hop span is
+            function = spans.callable_name(run) if run is not None else type(greenlet).__qualname__
+            recorder.note_counted("greenlet", call_site(), function, carried=carried)
+        except Exception:
+            pass
+
+    def install(module: ModuleType) -> None:
+        add = getattr(getattr(module, "Greenlet", None), "add_spawn_callback", None)
+        if add is None:  # gevent < 1.4
+            return
+        gevent = sys.modules.get("gevent")
+        if gevent is not None:
+            skip_package(gevent)  # the call site is the caller of spawn(), not gevent's pool
+        add(spawned)
+
+    imports.watch(_GEVENT_GREENLET, install)
+    module = sys.modules.get(_GEVENT_GREENLET)
+    if module is not None and not imports.initializing(module):
+        install(module)
+
+
+def _started_as_thread() -> bool:
+    """True when gevent's ``start_new_thread`` (threading's start, monkey-patched) spawns."""
+    frame: FrameType | None = sys._getframe(2)
+    for _ in range(12):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name in _THREAD_STARTS and code.co_filename.endswith(_GEVENT_THREAD):
+            return True
+        frame = frame.f_back
+    return False

@@ -43,6 +43,7 @@ __all__ = [
     "relayed",
     "relayed_call",
     "relayed_single_use",
+    "released",
     "run_hop",
     "runs_in_own_context",
     "set_observer",
@@ -77,11 +78,32 @@ def _refresh() -> None:
 left_behind.on_change = _refresh
 
 
-def set_observer(observer: Observer | None) -> None:
+#: ``on_release(context)``: told, in the thread that ran it, that the work which was a
+#: whole thread's life has ended and let go of its captured ``context`` (the copy may be
+#: freed much later: on free-threaded builds an object is freed by the thread that made
+#: it, the next time that thread runs Python code).  Set with the observer.
+_on_release: Callable[[Context], None] | None = None
+
+
+def set_observer(
+    observer: Observer | None, on_release: Callable[[Context], None] | None = None
+) -> None:
     """Have ``observer`` told of each hand-over from now on (None: stop)."""
-    global _observer
+    global _observer, _on_release
     _observer = observer
+    _on_release = on_release if observer is not None else None
     _refresh()
+
+
+def released(context: Context | None) -> None:
+    """A thread's run in ``context`` is over (thread runners call this); never raises."""
+    on_release = _on_release
+    if on_release is None or context is None:
+        return
+    try:
+        on_release(context)
+    except Exception:
+        logger.debug("ctxrelay: the release observer failed", exc_info=True)
 
 
 def skip_vars(names: frozenset[str]) -> None:

@@ -67,7 +67,7 @@ def start(
         watch.watch_foreign_threads(recorder)
         watch.watch_greenlets(recorder)
         _recorder = recorder
-        relay.set_observer(recorder)
+        relay.set_observer(recorder, recorder.released)
         _dispatch.set_observer(recorder.dispatched)
         atexit.register(_at_exit)
 

@@ -9,8 +9,11 @@ when no span is recorded).  From that alone it keeps:
   traced, and why not traced (no active span, unsampled parent, hop spans off);
 * late work: the span current at the hand-over had ended (the SDK's ``end_time``) more
   than ``late`` seconds before; the call site is looked up only then;
-* pinned contexts: for work that is a whole thread, a weak reference to the captured
-  copy tells when the thread let go of it (the copy is freed when ``run()`` returns);
+* pinned contexts: for work that is a whole thread, the thread runner tells when the
+  run ended (:func:`ctxrelay.relay.released`, in that thread); a weak reference to the
+  captured copy is the fallback.  Not the copy's freeing alone: on free-threaded builds
+  the copy is freed by the thread that made it, the next time that thread runs Python
+  code, which can be long after (a starter blocked in ``join`` or ``sleep``);
 * raw ``_thread.start_new_thread`` calls, by call site (and, told by
   :mod:`ctxrelay.doctor.watch`, gevent greenlets spawned directly).
 
@@ -225,19 +228,26 @@ class Recorder:
         name = getattr(thread, "name", None)
         name = name[: spans.MAX_ATTRIBUTE_LENGTH] if isinstance(name, str) else None
         pin = Pin(runner, function, name, site, time.monotonic())
-        ref = weakref.ref(context, self._let_go)
+        key = id(context)
+        # The thread runner says when the run ended (released); the weak reference is the
+        # fallback, for a copy freed without that (it cannot be freed while it runs).
+        ref = weakref.ref(context, lambda _: self._let_go(key))
         with self._lock:
             if len(self._pins_alive) >= 10 * MAX_KEYS:
                 self._dropped += 1
                 return
-            self._pins_alive[id(ref)] = (ref, pin)
+            self._pins_alive[key] = (ref, pin)
 
-    def _let_go(self, ref: weakref.ref[Context]) -> None:
-        """The captured copy was freed: the thread's run is over."""
+    def released(self, context: Context) -> None:
+        """The thread that ran in ``context`` ended (told in that thread, at once)."""
+        self._let_go(id(context))
+
+    def _let_go(self, key: int) -> None:
+        """The thread's run is over: its pin, if it held long enough, is a finding."""
         try:
             now = time.monotonic()
             with self._lock:
-                entry = self._pins_alive.pop(id(ref), None)
+                entry = self._pins_alive.pop(key, None)
                 if entry is None:
                     return
                 pin = entry[1]
@@ -296,7 +306,7 @@ class Recorder:
             starts += [Start(**vars(start)) for start in self._counted.values()]
             dropped = self._dropped
         late.sort(key=lambda entry: (-entry.worst_s, -entry.count))
-        pinned.sort(key=lambda pin: -pin.held_s)
+        pinned.sort(key=lambda pin: (-pin.held_s, pin.runner, pin.function, pin.thread or ""))
         order = {"foreign_thread": 0, "before_activation": 1, "greenlet": 2, "raw_thread": 3}
         starts.sort(key=lambda start: (order.get(start.kind, 9), start.carried, -start.count))
         return Findings(counts, dispatches, late, pinned, starts, dropped)

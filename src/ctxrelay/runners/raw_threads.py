@@ -65,6 +65,7 @@ class _RawStart:
                 thread_name=name,
             )
         finally:
+            relay.released(context)
             context = None
 
     def __repr__(self) -> str:

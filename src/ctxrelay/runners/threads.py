@@ -244,6 +244,7 @@ def _run_in_carried(
             # reads it once the thread has run (start() refuses a second start).
             carried = None
             if instance is not None:
+                relay.released(instance.__dict__.get("_context"))
                 _set_thread_context(instance, None)
     if carried is None:  # started before instrument(), or exempt (a pool's worker)
         return wrapped(*args, **kwargs)
@@ -252,6 +253,7 @@ def _run_in_carried(
     try:
         return context.run(_bootstrap, wrapped, args, kwargs, instance, hop, named, explicit, False)
     finally:
+        relay.released(context)
         # An excepthook that keeps the exception keeps this frame (the traceback's
         # frames link back to it): it must not pin the carried context.
         context = None

@@ -112,11 +112,10 @@ def watch_greenlets(recorder: Recorder) -> None:
         try:
             if _started_as_thread():
                 return  # threading under monkey-patching: the thread runners' hand-over
-            run = getattr(greenlet, "_run", None)
+            run: Any = getattr(greenlet, "_run", None)
             # A greenlet starts in a context of its own unless one was given to it.
-            bound = isinstance(run, relay._Bound)
-            carried = bound or greenlet.gr_context is not None
-            if bound:
+            carried = isinstance(run, relay._Bound) or greenlet.gr_context is not None
+            if isinstance(run, relay._Bound):
                 run = run.fn  # named after the user's function, as a hop span is
             function = spans.callable_name(run) if run is not None else type(greenlet).__qualname__
             recorder.note_counted("greenlet", call_site(), function, carried=carried)

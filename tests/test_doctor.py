@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -263,6 +264,7 @@ _TOP = {
     "program": str,
     "activation": str,
     "duration_s": float,
+    "ended_by": str,
     "thresholds": dict,
     "hand_overs": list,
     "dispatches": list,
@@ -428,3 +430,85 @@ def test_gevent_greenlets_are_reported_with_their_call_sites(tmp_path: Path) -> 
         bypassed,
     ), bypassed
     assert f"{_gevent_site('bound')} (in <module>) (carried by ctxrelay.bind)" in bypassed
+
+
+# --- SIGTERM: the usual way a server is stopped ------------------------------------------
+SIGTERM_APP = """
+import os, signal, sys, threading, time
+
+if os.environ.get("APP_INSTRUMENT") == "1":
+    import ctxrelay
+
+    ctxrelay.instrument()
+if os.environ.get("APP_HANDLER") == "1":
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(4))
+
+stop = threading.Event()
+worker = threading.Thread(target=stop.wait, name="server-loop", daemon=True)
+worker.start()  # MARK:server
+time.sleep(0.05)  # it has held its context longer than the 1 ms threshold now
+os.write(1, b"READY\\n")
+time.sleep(60)
+"""
+
+
+def _terminated(args: list[str], tmp_path: Path, **extra: str) -> tuple[int, str, str]:
+    """Start, wait for READY, send SIGTERM: (returncode, stdout, stderr)."""
+    proc = subprocess.Popen(
+        args,
+        env=_env(CTXRELAY_DOCTOR_PINNED="0.001", **extra),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ready = proc.stdout.readline()
+    assert ready == "READY\n", proc.communicate(timeout=TIMEOUT)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    return proc.returncode, ready + out, err
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX")
+def test_sigterm_still_writes_the_report_and_dies_of_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "server.py").write_text(SIGTERM_APP, encoding="utf-8")
+    line = SIGTERM_APP.splitlines().index(
+        next(x for x in SIGTERM_APP.splitlines() if "# MARK:server" in x)
+    )
+    where = f"server.py:{line + 1} (in <module>)"
+    bare = _terminated([sys.executable, "server.py"], tmp_path)
+    run = _terminated([str(CTXRELAY), "run", "python", "server.py"], tmp_path)
+    doctor = _terminated([str(CTXRELAY), "doctor", "python", "server.py"], tmp_path)
+    path = tmp_path / "report.json"
+    as_json = _terminated(
+        [str(CTXRELAY), "run", "python", "server.py"], tmp_path, CTXRELAY_DOCTOR=str(path)
+    )
+    instrumented = _terminated(
+        [sys.executable, "server.py"], tmp_path, CTXRELAY_DOCTOR="1", APP_INSTRUMENT="1"
+    )
+    # Dies of SIGTERM in every case, as without ctxrelay: same status, same output.
+    for outcome in (bare, run, doctor, as_json, instrumented):
+        assert outcome[:2] == (-signal.SIGTERM, "READY\n"), outcome
+    assert "ctxrelay doctor" not in bare[2] + run[2]
+    for outcome, activation in ((doctor, "ctxrelay doctor"), (instrumented, "instrument()")):
+        report = _report_of(outcome[2])
+        assert f"ended by SIGTERM · activated by {activation}" in report.splitlines()[0]
+        assert re.search(rf"'server-loop' .*still held at exit.*{re.escape(where)}", report)
+    report = json.loads(path.read_text(encoding="utf-8"))
+    _exactly(report, _TOP, "report")
+    assert report["ended_by"] == "SIGTERM"
+    assert [pin["call_site"] for pin in report["pinned"]] == [where]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX")
+def test_sigterm_handled_by_the_app_reports_at_its_exit(tmp_path: Path) -> None:
+    (tmp_path / "server.py").write_text(SIGTERM_APP, encoding="utf-8")
+    bare = _terminated([str(CTXRELAY), "run", "python", "server.py"], tmp_path, APP_HANDLER="1")
+    doctor = _terminated(
+        [str(CTXRELAY), "doctor", "python", "server.py"], tmp_path, APP_HANDLER="1"
+    )
+    # The app's handler wins (exit status 4); the report is written once, at that exit.
+    assert bare[:2] == doctor[:2] == (4, "READY\n"), doctor
+    assert doctor[2].count("── ctxrelay doctor") == 1, doctor[2]
+    assert "ended by" not in _report_of(doctor[2]).splitlines()[0]

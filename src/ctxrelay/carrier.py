@@ -566,8 +566,9 @@ class _AtExit:
 def _die() -> None:
     import signal
 
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+    from ctxrelay.bootstrap import sigterm
+
+    sigterm.die(signal.SIGTERM)  # after what must run before it (the doctor's report)
 
 
 at_exit = _AtExit()

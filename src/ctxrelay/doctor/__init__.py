@@ -11,7 +11,8 @@ are the same with the doctor on or off.  Off, nothing of it is imported, and the
 hand-over path pays one ``is not None`` check.
 
 Started by ``instrument()`` (which every activation goes through) when the setting is on;
-it then stays for the life of the process, since the report is written at exit.
+it then stays for the life of the process, since the report is written at exit: at
+``atexit``, or before the death SIGTERM gives (:mod:`ctxrelay.bootstrap.sigterm`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -40,6 +40,7 @@ _recorder: Recorder | None = None
 _output = "stderr"
 _started = 0.0
 _in_effect: dict[str, Any] = {"excluded": [], "skipped_vars": [], "detach": []}
+_written = False
 
 
 def is_on() -> bool:
@@ -70,6 +71,7 @@ def start(
         relay.set_observer(recorder, recorder.released)
         _dispatch.set_observer(recorder.dispatched)
         atexit.register(_at_exit)
+        _report_at_sigterm()
 
 
 def _activation() -> str:
@@ -97,34 +99,68 @@ def _hop_spans() -> str:
     )
 
 
-def report_now() -> dict[str, Any] | None:
-    """The report as it stands (what is written at exit), or None when the doctor is off."""
+def report_now(ended_by: str = "running", *, wait: float = -1) -> dict[str, Any] | None:
+    """The report as it stands (what is written at exit), or None when the doctor is off.
+
+    ``wait``: how long to wait for the recorder's lock (-1: as long as it takes); past
+    that the findings are read without it.
+    """
     recorder = _recorder
     if recorder is None:
         return None
-    findings = recorder.snapshot()
-    with _lock:
-        in_effect = {
-            **_in_effect,
-            "hop_spans": _hop_spans(),
-            "listener_spans": spans.settings.listeners,
-        }
+    findings = recorder.snapshot(wait)
+    # A copy without the lock: start() replaces the values whole.
+    in_effect = {
+        **_in_effect,
+        "hop_spans": _hop_spans(),
+        "listener_spans": spans.settings.listeners,
+    }
     meta = report.meta(
         _started,
         time.monotonic(),
         _activation(),
         {"late_s": recorder.late_s, "pinned_s": recorder.pinned_s},
+        ended_by,
     )
     return report.build(findings, meta, in_effect)
 
 
-def _at_exit() -> None:
+def _report_at_sigterm() -> None:
+    """SIGTERM (``docker stop``, systemd, Kubernetes) skips ``atexit``: write the report
+    before its death, through the start-up SIGTERM handler (one mechanism; it installs
+    only where SIGTERM has its default action, from the main thread)."""
     try:
-        built = report_now()
+        from ctxrelay.bootstrap import sigterm
+
+        sigterm.before_death(_at_sigterm)
+        sigterm.install()
+    except Exception:
+        logger.debug("ctxrelay: the doctor's SIGTERM report could not be set up", exc_info=True)
+
+
+def _at_sigterm() -> None:
+    # In a signal handler: the interrupted main thread may hold the recorder's lock or
+    # be inside a write to stderr, so neither is waited for.
+    _write("SIGTERM")
+
+
+def _at_exit() -> None:
+    _write("exit")
+
+
+def _write(ended_by: str) -> None:
+    global _written
+    if _written:
+        return
+    _written = True
+    in_handler = ended_by != "exit"
+    try:
+        built = report_now(ended_by, wait=0.5 if in_handler else -1)
         if built is not None:
-            report.write(built, _output)
+            report.write(built, _output, unbuffered=in_handler)
     except Exception as exc:
         try:
-            print(f"ctxrelay doctor: could not write the report: {exc}", file=sys.stderr)
+            message = f"ctxrelay doctor: could not write the report: {exc}\n"
+            os.write(2, message.encode("utf-8", "backslashreplace"))
         except Exception:
             pass

@@ -290,21 +290,30 @@ class Recorder:
                 self._dropped += 1
 
     # --- reading ------------------------------------------------------------------------
-    def snapshot(self) -> Findings:
-        """A consistent copy, worst first in each list."""
+    def snapshot(self, wait: float = -1) -> Findings:
+        """A consistent copy, worst first in each list.
+
+        ``wait`` seconds at most for the lock (-1: no limit).  A SIGTERM handler cannot
+        wait: the main thread it interrupted may hold the lock.  Past ``wait`` the copy
+        is taken without it (each container is copied in one C call).
+        """
         now = time.monotonic()
-        with self._lock:
-            counts = {runner: list(row) for runner, row in self._counts.items()}
-            dispatches = {bus: list(row) for bus, row in self._dispatches.items()}
-            late = [Late(**vars(entry)) for entry in self._late.values()]
-            pinned = [Pin(**vars(pin)) for pin in self._pins_done]
-            for _, pin in self._pins_alive.values():
+        locked = self._lock.acquire(timeout=wait)
+        try:
+            counts = {runner: list(row) for runner, row in list(self._counts.items())}
+            dispatches = {bus: list(row) for bus, row in list(self._dispatches.items())}
+            late = [Late(**vars(entry)) for entry in list(self._late.values())]
+            pinned = [Pin(**vars(pin)) for pin in list(self._pins_done)]
+            for _, pin in list(self._pins_alive.values()):
                 held = now - pin.started
                 if held >= self.pinned_s:
                     pinned.append(Pin(**{**vars(pin), "held_s": held, "still_held": True}))
-            starts = [Start(**vars(start)) for start in self._starts]
-            starts += [Start(**vars(start)) for start in self._counted.values()]
+            starts = [Start(**vars(start)) for start in list(self._starts)]
+            starts += [Start(**vars(start)) for start in list(self._counted.values())]
             dropped = self._dropped
+        finally:
+            if locked:
+                self._lock.release()
         late.sort(key=lambda entry: (-entry.worst_s, -entry.count))
         pinned.sort(key=lambda pin: (-pin.held_s, pin.runner, pin.function, pin.thread or ""))
         order = {"foreign_thread": 0, "before_activation": 1, "greenlet": 2, "raw_thread": 3}

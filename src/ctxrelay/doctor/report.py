@@ -131,11 +131,15 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value >= 1 else f"{value * 1000:.0f} ms"
 
 
+_ENDED = {"SIGTERM": ", ended by SIGTERM", "running": " so far"}
+
+
 def render(report: dict[str, Any]) -> str:
     """The text form: a few dozen lines, grouped by section, worst first."""
     lines = [
         f"── ctxrelay doctor · pid {report['pid']} · {report['program']} · "
-        f"ran {_seconds(report['duration_s'])} · activated by {report['activation']}",
+        f"ran {_seconds(report['duration_s'])}{_ENDED.get(report['ended_by'], '')} · "
+        f"activated by {report['activation']}",
     ]
     lines += _hand_overs(report)
     lines += _bypassed(report)
@@ -268,10 +272,15 @@ def _in_effect(report: dict[str, Any]) -> list[str]:
 
 # --- output ----------------------------------------------------------------------------
 def meta(
-    started: float, now: float, activation: str, thresholds: dict[str, float]
+    started: float,
+    now: float,
+    activation: str,
+    thresholds: dict[str, float],
+    ended_by: str = "running",
 ) -> dict[str, Any]:
     """The report's header fields.  ``program`` is the script's name only: arguments may
-    hold secrets."""
+    hold secrets.  ``ended_by``: ``exit``, ``SIGTERM``, or ``running`` (a report asked
+    for while the program runs)."""
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "python"
     return {
         "ctxrelay": __version__,
@@ -280,15 +289,26 @@ def meta(
         "program": os.path.basename(argv0),
         "activation": activation,
         "duration_s": round(now - started, 3),
+        "ended_by": ended_by,
         "thresholds": thresholds,
     }
 
 
-def write(report: dict[str, Any], output: str) -> None:
-    """``output`` is ``"stderr"`` or a JSON file path (``{pid}`` replaced by the pid)."""
+def write(report: dict[str, Any], output: str, *, unbuffered: bool = False) -> None:
+    """``output`` is ``"stderr"`` or a JSON file path (``{pid}`` replaced by the pid).
+
+    ``unbuffered``: in a signal handler, stderr is written with ``os.write``: the main
+    thread it interrupted may be inside a write to ``sys.stderr``, whose lock is not
+    reentrant.
+    """
     if output == "stderr":
         stream = sys.stderr
-        if stream is not None:
+        if unbuffered:
+            fd = stream.fileno() if stream is not None else 2
+            data = render(report).encode(getattr(stream, "encoding", None) or "utf-8", "replace")
+            while data:
+                data = data[os.write(fd, data) :]
+        elif stream is not None:
             stream.write(render(report))
             stream.flush()
         return

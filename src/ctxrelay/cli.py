@@ -112,16 +112,26 @@ def run_environment(environ: dict[str, str]) -> dict[str, str]:
 
 def run(argv: Sequence[str]) -> int:
     """``ctxrelay run CMD [ARGS...]``: exec CMD (found on PATH) in the bootstrap environment."""
+    return launch(argv, RUN_USAGE, "ctxrelay run", lambda: run_environment(dict(os.environ)))
+
+
+def launch(
+    argv: Sequence[str], usage: str, name: str, environment: Callable[[], dict[str, str]]
+) -> int:
+    """``[--] CMD [ARGS...]`` or ``-h``/``--help``: exec CMD with ``environment()``.
+
+    The one argument parsing of the commands that run another (``run``, ``doctor``).
+    """
     args = list(argv)
     if args and args[0] == "--":
         args = args[1:]
     elif args and args[0] in ("-h", "--help"):
-        print(RUN_USAGE)
+        print(usage)
         return 0
     if not args:
-        print(RUN_USAGE, file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
-    return execute(args, run_environment(dict(os.environ)), "ctxrelay run")
+    return execute(args, environment(), name)
 
 
 def execute(args: Sequence[str], env: dict[str, str], name: str) -> int:

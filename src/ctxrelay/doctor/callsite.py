@@ -17,7 +17,7 @@ import sys
 import sysconfig
 from types import FrameType, ModuleType
 
-__all__ = ["call_site", "frame_site", "is_internal", "skip_package"]
+__all__ = ["call_site", "frame_site", "is_internal", "on_stack", "skip_package"]
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,3 +117,17 @@ def call_site(skip: int = 1) -> str | None:
         return frame_site(sys._getframe(skip + 1))
     except Exception:  # a frame without a code object, a very short stack
         return None
+
+
+def on_stack(names: frozenset[str], file_suffix: str, depth: int = 16) -> bool:
+    """True when a function named one of ``names``, in a file whose name ends with
+    ``file_suffix``, is among the caller's ``depth`` nearest frames."""
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name in names and code.co_filename.endswith(file_suffix):
+            return True
+        frame = frame.f_back
+    return False

@@ -8,12 +8,11 @@ CMD replaces this process (``exec``): the exit status, signals and pid are CMD's
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 from ctxrelay import cli
 
-__all__ = ["USAGE", "main"]
+__all__ = ["USAGE", "environment", "main"]
 
 USAGE = """\
 usage: ctxrelay doctor [--] CMD [ARGS...]
@@ -31,19 +30,15 @@ See docs/doctor.md.
 
 
 def main(argv: Sequence[str]) -> int:
-    args = list(argv)
-    if args and args[0] == "--":
-        args = args[1:]
-    elif args and args[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0
-    if not args:
-        print(USAGE, file=sys.stderr)
-        return 2
+    return cli.launch(argv, USAGE, "ctxrelay doctor", environment)
+
+
+def environment() -> dict[str, str]:
+    """``ctxrelay run``'s environment, with the doctor on."""
     from ctxrelay.bootstrap import RUN_MARKER
 
     env = cli.run_environment(dict(os.environ))
     env[RUN_MARKER] = "doctor"  # still "on" for the bootstrap; names the report's activation
     if not env.get("CTXRELAY_DOCTOR", "").strip().lower().endswith(".json"):
         env["CTXRELAY_DOCTOR"] = "1"
-    return cli.execute(args, env, "ctxrelay doctor")
+    return env

@@ -44,7 +44,7 @@ from typing import Any
 from opentelemetry import trace
 
 from ctxrelay import spans
-from ctxrelay.doctor.callsite import call_site
+from ctxrelay.doctor.callsite import call_site, on_stack
 
 __all__ = ["THREAD_RUNNERS", "Late", "Pin", "Recorder", "Start"]
 
@@ -135,20 +135,12 @@ def _starting_thread() -> threading.Thread | None:
     return None
 
 
-_RUN_IN_EXECUTOR = "run_in_executor"
+_RUN_IN_EXECUTOR = frozenset({"run_in_executor"})
 
 
 def _inside_run_in_executor() -> bool:
     """True when ``loop.run_in_executor`` is on the caller's stack (it submits to a pool)."""
-    frame: FrameType | None = sys._getframe(2)
-    for _ in range(16):
-        if frame is None:
-            return False
-        code = frame.f_code
-        if code.co_name == _RUN_IN_EXECUTOR and code.co_filename.endswith("base_events.py"):
-            return True
-        frame = frame.f_back
-    return False
+    return on_stack(_RUN_IN_EXECUTOR, "base_events.py", 18)
 
 
 class Recorder:

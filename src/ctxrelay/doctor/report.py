@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -197,62 +198,70 @@ _KIND = {
 }
 
 
+def _listed(
+    title: str, entries: list[dict[str, Any]], line: Callable[[dict[str, Any]], str]
+) -> list[str]:
+    """A findings section: its title, then ``line(entry)`` for the first few, or "none"."""
+    if not entries:
+        return [title, "  none"]
+    return [title, *(f"  {line(entry)}" for entry in entries[:SHOWN]), *_more(len(entries))]
+
+
+def _where(entry: dict[str, Any]) -> str:
+    return entry["call_site"] or "call site unknown"
+
+
 def _bypassed(report: dict[str, Any]) -> list[str]:
-    starts = report["bypassed"]
-    lines = ["2. Starts that bypassed the patches"]
-    if not starts:
-        return [*lines, "  none"]
-    for start in starts[:SHOWN]:
-        where = start["call_site"] or "call site unknown"
-        parts = [f"  {_KIND.get(start['kind'], start['kind'])}"]
-        if start["thread"]:
-            parts.append(f"{start['thread']!r}")
-        if start["function"]:
-            parts.append(start["function"])
-        text = " ".join(parts) + f" at {where}"
-        if start["count"] > 1:
-            text += f" ×{start['count']}"
-        if start["kind"] == "raw_thread":
-            text += " (carried by the _thread runner)" if start["carried"] else " (not carried)"
-        elif start["kind"] == "foreign_thread":
-            text += "" if start["carried"] else ": empty context"
-        elif start["kind"] == "greenlet":
-            text += " (carried by ctxrelay.bind)" if start["carried"] else ": empty context"
-        if start["detail"] and start["kind"] != "raw_thread":
-            text += f" — {start['detail']}"
-        lines.append(text)
-    return lines + _more(len(starts))
+    return _listed("2. Starts that bypassed the patches", report["bypassed"], _start_line)
+
+
+def _start_line(start: dict[str, Any]) -> str:
+    parts = [_KIND.get(start["kind"], start["kind"])]
+    if start["thread"]:
+        parts.append(f"{start['thread']!r}")
+    if start["function"]:
+        parts.append(start["function"])
+    text = " ".join(parts) + f" at {_where(start)}"
+    if start["count"] > 1:
+        text += f" ×{start['count']}"
+    if start["kind"] == "raw_thread":
+        text += " (carried by the _thread runner)" if start["carried"] else " (not carried)"
+    elif start["kind"] == "foreign_thread":
+        text += "" if start["carried"] else ": empty context"
+    elif start["kind"] == "greenlet":
+        text += " (carried by ctxrelay.bind)" if start["carried"] else ": empty context"
+    if start["detail"] and start["kind"] != "raw_thread":
+        text += f" — {start['detail']}"
+    return text
 
 
 def _pinned(report: dict[str, Any]) -> list[str]:
-    pins = report["pinned"]
-    threshold = report["thresholds"]["pinned_s"]
-    lines = [f"3. Pinned contexts (a thread held a captured context ≥ {_seconds(threshold)})"]
-    if not pins:
-        return [*lines, "  none"]
-    for pin in pins[:SHOWN]:
+    threshold = _seconds(report["thresholds"]["pinned_s"])
+
+    def line(pin: dict[str, Any]) -> str:
         state = "still held at exit" if pin["still_held"] else "then let go"
         name = f" {pin['thread']!r}" if pin["thread"] else ""
-        lines.append(
-            f"  {pin['runner']}{name} {pin['function']} held it {_seconds(pin['held_s'])} "
-            f"({state}); started at {pin['call_site'] or 'call site unknown'}"
+        return (
+            f"{pin['runner']}{name} {pin['function']} held it {_seconds(pin['held_s'])} "
+            f"({state}); started at {_where(pin)}"
         )
-    return lines + _more(len(pins))
+
+    title = f"3. Pinned contexts (a thread held a captured context ≥ {threshold})"
+    return _listed(title, report["pinned"], line)
 
 
 def _late(report: dict[str, Any]) -> list[str]:
-    late = report["late"]
-    threshold = report["thresholds"]["late_s"]
-    lines = [f"4. Late work (handed over > {_seconds(threshold)} after its span ended)"]
-    if not late:
-        return [*lines, "  none"]
-    for entry in late[:SHOWN]:
+    threshold = _seconds(report["thresholds"]["late_s"])
+
+    def line(entry: dict[str, Any]) -> str:
         count = f" ×{entry['count']}" if entry["count"] > 1 else ""
-        lines.append(
-            f"  {entry['runner']} {entry['function']}{count} {_seconds(entry['worst_s'])} late, "
-            f"at {entry['call_site'] or 'call site unknown'}"
+        return (
+            f"{entry['runner']} {entry['function']}{count} {_seconds(entry['worst_s'])} late, "
+            f"at {_where(entry)}"
         )
-    return lines + _more(len(late))
+
+    title = f"4. Late work (handed over > {threshold} after its span ended)"
+    return _listed(title, report["late"], line)
 
 
 def _in_effect(report: dict[str, Any]) -> list[str]:

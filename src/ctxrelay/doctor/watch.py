@@ -27,13 +27,13 @@ import contextvars
 import os
 import sys
 import threading
-from types import FrameType, ModuleType
+from types import ModuleType
 from typing import Any
 
 import wrapt
 
 from ctxrelay import imports, relay, spans
-from ctxrelay.doctor.callsite import call_site, frame_site, skip_package
+from ctxrelay.doctor.callsite import call_site, frame_site, on_stack, skip_package
 from ctxrelay.doctor.recorder import Recorder, Start
 from ctxrelay.runners import _thread_roles
 
@@ -139,12 +139,4 @@ def watch_greenlets(recorder: Recorder) -> None:
 
 def _started_as_thread() -> bool:
     """True when gevent's ``start_new_thread`` (threading's start, monkey-patched) spawns."""
-    frame: FrameType | None = sys._getframe(2)
-    for _ in range(12):
-        if frame is None:
-            return False
-        code = frame.f_code
-        if code.co_name in _THREAD_STARTS and code.co_filename.endswith(_GEVENT_THREAD):
-            return True
-        frame = frame.f_back
-    return False
+    return on_stack(_THREAD_STARTS, _GEVENT_THREAD, 14)

@@ -42,7 +42,7 @@ _EXPLICIT = "_ctxrelay_explicit_context"
 
 _HAS_THREAD_CONTEXT = sys.version_info >= (3, 14)
 
-#: The hop span of the thread running here, for the failure hook (see _noting_failures).
+#: The hop span of the thread running here, for the failure hook (see _note_failures).
 _running = threading.local()
 
 
@@ -158,19 +158,15 @@ def _capture_at_start(
         function = args[0] if args else kwargs.get("function")
         if type(function) is types.MethodType and isinstance(function.__self__, threading.Thread):
             thread = function.__self__
-            explicit = bool(thread.__dict__.pop(_EXPLICIT, False))
-            inherit_flag = bool(getattr(sys.flags, "thread_inherit_context", False))
-            if _thread_roles.is_exempt(thread):
-                if inherit_flag and not explicit:
-                    # With thread_inherit_context=1, start() has just given this pool
-                    # worker a copy of whoever made the pool grow (a submitter, or the
-                    # pool's builder): it would keep that for its whole life, a stale
-                    # snapshot under every task the pool does not carry.  It starts
-                    # empty, as with the flag off.
-                    _set_thread_context(thread, Context())
-                thread = None
+            if not _HAS_THREAD_CONTEXT and relay._only_copy and not spans.settings.hops:
+                # What _take_capture amounts to before 3.14 with hop spans off, nothing to
+                # leave behind and nobody observing: a copy (one Python frame per start).
+                if _thread_roles.is_exempt(thread):
+                    thread = None
+                else:
+                    thread.__dict__[_CARRIED] = (copy_context(), None, None, False, False)
             else:
-                _take_capture(thread, explicit, inherit_flag)
+                thread = _capture(thread)
     except Exception:
         logger.debug("ctxrelay: could not capture for a thread; it starts uncarried", exc_info=True)
         _forget(thread)
@@ -180,6 +176,22 @@ def _capture_at_start(
     except BaseException:
         _forget(thread)  # "can't start new thread": let go of the capture
         raise
+
+
+def _capture(thread: threading.Thread) -> threading.Thread | None:
+    """The capture for ``thread``; None when it is exempt (it starts uncarried)."""
+    explicit = bool(thread.__dict__.pop(_EXPLICIT, False))
+    inherit_flag = bool(getattr(sys.flags, "thread_inherit_context", False))
+    if _thread_roles.is_exempt(thread):
+        if inherit_flag and not explicit:
+            # With thread_inherit_context=1, start() has just given this pool worker a
+            # copy of whoever made the pool grow (a submitter, or the pool's builder):
+            # it would keep that for its whole life, a stale snapshot under every task
+            # the pool does not carry.  It starts empty, as with the flag off.
+            _set_thread_context(thread, Context())
+        return None
+    _take_capture(thread, explicit, inherit_flag)
+    return thread
 
 
 def _take_capture(thread: threading.Thread, explicit: bool, inherit_flag: bool) -> None:
@@ -206,6 +218,7 @@ def _take_capture(thread: threading.Thread, explicit: bool, inherit_flag: bool) 
         # so that _run_in_carried drops thread._context once the thread has run.
         thread.__dict__[_CARRIED] = (context, hop, named, explicit, in_thread_context)
         if hop is not None:
+            _note_failures(thread)
             started = thread.__dict__.get("_started")
             if type(started) is threading.Event:
                 # 3.14: the run happens in thread._context, the span starts there too
@@ -251,6 +264,8 @@ def _run_in_carried(
     context, hop, named, explicit, _ = carried
     del carried
     try:
+        if hop is None:  # nothing to end afterwards: the thread runs in the copy, that is all
+            return context.run(wrapped, *args, **kwargs)
         return context.run(_bootstrap, wrapped, args, kwargs, instance, hop, named, explicit, False)
     finally:
         relay.released(context)
@@ -339,18 +354,20 @@ def _start_span(
     )
 
 
-def _noting_failures(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Around ``threading._make_invoke_excepthook()`` (called by ``Thread.__init__``).
+def _note_failures(thread: threading.Thread) -> None:
+    """Have what ``run()`` raises recorded on this thread's hop span (one is recorded).
 
-    ``_bootstrap_inner`` hands what ``run()`` raised to the function this returns; the
-    one returned here first records it on the thread's hop span.  ``SystemExit`` is how
-    a thread ends normally (``threading.excepthook`` ignores it): not a failure.
+    ``_bootstrap_inner`` hands what ``run()`` raised to ``self._invoke_excepthook`` (made
+    by ``Thread.__init__``); for a thread whose hop span is recorded it is replaced here
+    by one that first records the failure on the span.  Per thread and only then: a
+    global wrapper around ``threading._make_invoke_excepthook`` cost every thread
+    created, spans or not.  ``SystemExit`` is how a thread ends normally
+    (``threading.excepthook`` ignores it): not a failure.
     """
-    invoke = wrapped(*args, **kwargs)
-    if not spans.settings.hops:  # no hop span will be recorded for this thread
-        return invoke
+    own = thread.__dict__
+    invoke = own.get("_invoke_excepthook")
+    if invoke is None or getattr(invoke, "__wrapped__", None) is not None:
+        return
 
     def invoke_excepthook(thread: threading.Thread) -> Any:
         try:
@@ -363,7 +380,8 @@ def _noting_failures(
             pass
         return invoke(thread)
 
-    return invoke_excepthook
+    invoke_excepthook.__wrapped__ = invoke  # type: ignore[attr-defined]
+    own["_invoke_excepthook"] = invoke_excepthook
 
 
 def _mark_explicit_context(
@@ -404,7 +422,6 @@ PATCHES = (
         _run_in_carried,
         on_remove=_drop_pending_captures,
     ),
-    Patch(NAME, "threading", "_make_invoke_excepthook", _noting_failures),
     Patch(
         NAME,
         "threading",

@@ -24,18 +24,25 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def uvicorn_in_thread(app: Any) -> Iterator[str]:
-    """Serve ``app`` from ``uvicorn.Server(config).run`` in a new thread; yield its URL.
+def uvicorn_in_thread(
+    app: Any, *, name: str = "uvicorn-test-server", lifespan: str = "off"
+) -> Iterator[str]:
+    """Serve ``app`` from ``uvicorn.Server(config).run`` in a new thread named ``name``;
+    yield its URL (``http://127.0.0.1:<port>``, no trailing slash).
 
     The thread is started by the caller's thread, so it inherits (with ctxrelay) the
-    caller's context at this moment, like ``demo.launch()`` in Gradio.
+    caller's context at this moment, like ``demo.launch()`` in Gradio.  ``lifespan`` is
+    uvicorn's setting ("auto" for an app that needs its start-up events, as a mounted
+    Gradio app does).
     """
     import uvicorn
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan
+    )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + SERVER_TIMEOUT_S

@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -26,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from opentelemetry import trace
 
-from asgi_servers import SERVER_TIMEOUT_S, free_port
+from asgi_servers import free_port, uvicorn_in_thread
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 #: The attribute the middleware puts on the request's span.
@@ -90,35 +89,19 @@ def make_demo(tracer: trace.Tracer) -> Any:
 def mounted(tracer: trace.Tracer) -> Iterator[str]:
     """``gr.mount_gradio_app`` on a FastAPI app with the middleware, under uvicorn."""
     import gradio as gr
-    import uvicorn
     from fastapi import FastAPI
 
     app = FastAPI()
     app.add_middleware(RequestIdMiddleware)
     app = gr.mount_gradio_app(app, make_demo(tracer), path="/ui")
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-gradio", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + SERVER_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.005)
-        yield f"http://127.0.0.1:{port}/ui/"
-    finally:
-        server.should_exit = True
-        thread.join(SERVER_TIMEOUT_S)
+    with uvicorn_in_thread(app, name="uvicorn-gradio", lifespan="auto") as url:
+        yield f"{url}/ui/"
 
 
-@contextlib.contextmanager
-def launched(tracer: trace.Tracer) -> Iterator[str]:
-    """Plain ``demo.launch()``, the middleware passed through ``app_kwargs``."""
-    from starlette.middleware import Middleware
-
-    demo = make_demo(tracer)
+def launch_local(demo: Any, app_kwargs: dict[str, Any] | None = None) -> str:
+    """``demo.launch()`` on a free loopback port, quiet: no share link, no browser, no SSR
+    server, the calling thread not blocked.  Returns the app's URL; ``demo.close()`` stops it.
+    """
     demo.launch(
         server_name="127.0.0.1",
         server_port=free_port(),
@@ -127,10 +110,20 @@ def launched(tracer: trace.Tracer) -> Iterator[str]:
         quiet=True,
         ssr_mode=False,
         inbrowser=False,
-        app_kwargs={"middleware": [Middleware(RequestIdMiddleware)]},
+        app_kwargs=app_kwargs or {},
     )
+    return str(demo.local_url)
+
+
+@contextlib.contextmanager
+def launched(tracer: trace.Tracer) -> Iterator[str]:
+    """Plain ``demo.launch()``, the middleware passed through ``app_kwargs``."""
+    from starlette.middleware import Middleware
+
+    demo = make_demo(tracer)
+    url = launch_local(demo, {"middleware": [Middleware(RequestIdMiddleware)]})
     try:
-        yield demo.local_url
+        yield url
     finally:
         demo.close()
 

@@ -35,8 +35,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 
 import ctxrelay  # noqa: E402
-from asgi_servers import free_port  # noqa: E402
 from ctxrelay import attributes  # noqa: E402
+from gradio_apps import launch_local  # noqa: E402
 from helpers import parent_of, spans_named  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -115,18 +115,9 @@ def launch_and_call(
     def scenario() -> tuple[list[str], list[str]]:
         EventBus.add_event_listener(EventListener(received))
         demo = make_demo(tracer)
-        demo.launch(
-            server_name="127.0.0.1",
-            server_port=free_port(),
-            prevent_thread_lock=True,
-            share=False,
-            quiet=True,
-            ssr_mode=False,
-            inbrowser=False,
-            app_kwargs=app_kwargs,
-        )
+        url = launch_local(demo, app_kwargs)
         try:
-            client = gradio_client.Client(demo.local_url, verbose=False, download_files=False)
+            client = gradio_client.Client(url, verbose=False, download_files=False)
             client.predict("x", api_name="/sync_handler")
             client.predict("x", api_name="/async_handler")
             steps = list(client.submit("x", api_name="/generator_handler"))

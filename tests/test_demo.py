@@ -95,6 +95,21 @@ def test_without_ctxrelay_the_listeners_are_lost_and_with_it_they_are_there() ->
         assert f"handle Gradio {handler.split('_')[0].replace('gen', 'generator')} handler" in piece
         assert "✉ griptape listener on_event" in piece, piece
     assert "not exported" not in trees
+    # docs/configuration.md shows the `demo` trace: still what the demo prints.
+    (demo,) = [p for p in trees.split("── trace ") if p.partition("\n")[2].startswith("demo ")]
+    assert _skeleton(demo) == _skeleton(_documented_demo_tree())
+
+
+def _skeleton(tree: str) -> list[str]:
+    """A tree's lines but its header, every figure (durations, waits, thread numbers) as #."""
+    return [re.sub(r"\d+(\.\d+)?", "#", line) for line in tree.strip().splitlines()[1:]]
+
+
+def _documented_demo_tree() -> str:
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```text\n(── trace .*?)```", text, re.DOTALL)
+    (tree,) = [b for b in blocks if b.partition("\n")[2].startswith("demo ")]
+    return tree
 
 
 def _piece_with(trees: str, needle: str) -> str:

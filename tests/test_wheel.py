@@ -39,7 +39,9 @@ from ctxrelay.version import __version__
 ROOT = Path(__file__).resolve().parent.parent
 _MISSING = [m for m in NEEDS if importlib.util.find_spec(m) is None]
 
-pytestmark = pytest.mark.timeout(600)
+# Building, a venv and an install: ~20 s, once, on the default Python (e2e): the light
+# matrix venvs would each pay it for the same wheel.
+pytestmark = [pytest.mark.timeout(600), pytest.mark.e2e]
 
 
 def _env(**extra: str) -> dict[str, str]:

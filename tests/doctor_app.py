@@ -8,6 +8,8 @@
   ``threading.current_thread()`` (MARK:foreign);
 * an asyncio background task created inside a request span that hands work to a pool
   ~1.2 s after the request ended (MARK:late);
+* a pool task handed over inside a request span that waits ~0.9 s in the queue of a busy
+  one-worker pool: it starts after the request ended (MARK:queued);
 * with APP_INSTRUMENT=1, a thread started before ``ctxrelay.instrument()`` (MARK:early);
 * two griptape ``EventBus`` dispatches, one inside a span, one outside (if griptape is
   installed).
@@ -71,6 +73,15 @@ def enrich() -> str:
     return "enriched"
 
 
+def export() -> str:
+    return "exported"
+
+
+def busy(request_over: threading.Event) -> None:
+    request_over.wait(10)
+    time.sleep(0.9)
+
+
 def foreign_thread() -> None:
     """A thread created by C code: Python first sees it through current_thread()."""
     libc = ctypes.CDLL(ctypes.util.find_library("pthread") or ctypes.util.find_library("c"))
@@ -126,6 +137,13 @@ def publish_events() -> None:
 
 
 def main() -> int:
+    one_worker = ThreadPoolExecutor(1)
+    request_over = threading.Event()
+    with tracer.start_as_current_span("GET /export"):
+        one_worker.submit(busy, request_over)
+        exported = one_worker.submit(export)  # MARK:queued
+    request_over.set()  # the request has answered; its export waits behind busy()
+
     publish_events()
     done = threading.Event()
     _thread.start_new_thread(raw_work, (done,))  # MARK:raw
@@ -143,6 +161,8 @@ def main() -> int:
         foreign_thread()
         asyncio.run(serve(pool))
     poller.join()
+    assert exported.result() == "exported"
+    one_worker.shutdown()
     stop_early.set()
     return int(os.environ.get("APP_EXIT", "3"))
 

@@ -128,9 +128,17 @@ def test_report_names_each_finding_with_its_call_site(tmp_path: Path) -> None:
 
     late = _section(report, 4)
     assert re.search(rf"run_in_executor .*enrich [\d.]+ s late, at .*{site('late')}", late), late
+    # Handed over inside the request, started after it ended: found when it starts.
+    assert re.search(
+        r"ThreadPoolExecutor __main__.export [\d.]+ m?s late: handed over in time, waited", late
+    ), late
 
     hints = report[report.index("Hints") :]
-    for setting in ("CTXRELAY_DETACH=run_in_executor", "CTXRELAY_HOP_SPANS=all", "ctxrelay.bind"):
+    for setting in (
+        "CTXRELAY_DETACH=ThreadPoolExecutor,run_in_executor",
+        "CTXRELAY_HOP_SPANS=all",
+        "ctxrelay.bind",
+    ):
         assert setting in hints, hints
     assert len(report.splitlines()) < 40, "a few dozen lines"
 
@@ -144,12 +152,17 @@ def test_json_report_under_ctxrelay_run_follows_the_schema(tmp_path: Path) -> No
     _check_schema(report)
     assert report["activation"] == "ctxrelay run"
     assert report["thresholds"] == {"late_s": 0.5, "pinned_s": 0.5}
-    late = report["late"]
-    assert [(e["runner"], e["function"]) for e in late] == [("run_in_executor", "__main__.enrich")]
-    assert late[0]["call_site"].startswith(str(APP) + f":{MARK['late']} ") or late[0][
-        "call_site"
-    ].endswith(f"{site('late')} (in background)")
-    assert late[0]["worst_s"] >= 0.5
+    late = {(entry["runner"], entry["function"]): entry for entry in report["late"]}
+    assert set(late) == {
+        ("run_in_executor", "__main__.enrich"),
+        ("ThreadPoolExecutor", "__main__.export"),
+    }, report["late"]
+    enrich = late["run_in_executor", "__main__.enrich"]
+    assert enrich["call_site"].endswith(f"{site('late')} (in background)"), enrich
+    assert enrich["worst_s"] >= 0.5 and enrich["waited_s"] == 0, "late at the hand-over"
+    export = late["ThreadPoolExecutor", "__main__.export"]
+    # In time at the hand-over (the span was open): late only by its wait in the queue.
+    assert export["call_site"] is None and export["waited_s"] >= export["worst_s"] >= 0.5
     kinds = {entry["kind"] for entry in report["bypassed"]}
     assert {"foreign_thread", "raw_thread"} <= kinds
     assert {pin["thread"] for pin in report["pinned"]} == {"watcher", "poller"}
@@ -309,6 +322,7 @@ _LATE = {
     "call_site": (str, type(None)),
     "count": int,
     "worst_s": float,
+    "waited_s": float,
 }
 _IN_EFFECT = {
     "excluded": list,

@@ -85,14 +85,33 @@ left_behind.on_change = _refresh
 _on_release: Callable[[Context], None] | None = None
 
 
+#: ``on_start(hop, fn)``: told in the target thread, inside the carried context (the
+#: current span is still the parent), as a traced piece of work starts, before its hop
+#: span.  Set with the observer.
+_on_start: Callable[[spans.Hop, Any], None] | None = None
+
+
 def set_observer(
-    observer: Observer | None, on_release: Callable[[Context], None] | None = None
+    observer: Observer | None,
+    on_release: Callable[[Context], None] | None = None,
+    on_start: Callable[[spans.Hop, Any], None] | None = None,
 ) -> None:
     """Have ``observer`` told of each hand-over from now on (None: stop)."""
-    global _observer, _on_release
+    global _observer, _on_release, _on_start
     _observer = observer
     _on_release = on_release if observer is not None else None
+    _on_start = on_start if observer is not None else None
     _refresh()
+
+
+def _tell_start(hop: spans.Hop, fn: Any) -> None:
+    on_start = _on_start
+    if on_start is None:
+        return
+    try:
+        on_start(hop, fn)
+    except Exception:
+        logger.debug("ctxrelay: the start observer failed", exc_info=True)
 
 
 def released(context: Context | None) -> None:
@@ -353,6 +372,8 @@ def run_hop(
     swallow its exception: failures in span bookkeeping are dropped, the work is not.
     """
     span = token = None
+    if _on_start is not None:
+        _tell_start(hop, fn if named is None else named)
     try:
         if context_vars is None:
             context_vars = len(copy_context())

@@ -68,7 +68,7 @@ def start(
         watch.watch_foreign_threads(recorder)
         watch.watch_greenlets(recorder)
         _recorder = recorder
-        relay.set_observer(recorder, recorder.released)
+        relay.set_observer(recorder, recorder.released, recorder.started)
         _dispatch.set_observer(recorder.dispatched)
         atexit.register(_at_exit)
         _report_at_sigterm()

@@ -79,6 +79,8 @@ class Late:
     call_site: str | None
     count: int = 0
     worst_s: float = 0.0
+    #: handed over in time, started late: the longest it waited to start (else 0)
+    waited_s: float = 0.0
 
 
 @dataclass
@@ -153,7 +155,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._counts: dict[str, list[int]] = {}
         self._dispatches: dict[str, list[int]] = {}
-        self._late: dict[tuple[str, str, str | None], Late] = {}
+        self._late: dict[tuple[str, str, str | None, bool], Late] = {}
         #: starts counted per (kind, call site, function): raw threads, greenlets
         self._counted: dict[tuple[str, str | None, str, bool], Start] = {}
         self._starts: list[Start] = []
@@ -193,18 +195,38 @@ class Recorder:
         if runner in THREAD_RUNNERS:
             self._note_thread(runner, fn, context)
 
-    def _note_late(self, runner: str, fn: Any, late_s: float) -> None:
+    def started(self, hop: spans.Hop, fn: Any) -> None:
+        """A traced piece of work starts (in its thread, inside the carried context).
+
+        Late now but not when it was handed over: it waited in a queue (a busy pool)
+        past the threshold.  Work that was late already is counted at the hand-over.
+        """
+        end_time = getattr(trace.get_current_span(), "end_time", None)
+        if end_time is None:
+            return
+        late_ns = time.time_ns() - end_time
+        if late_ns <= self._late_ns:
+            return
+        waited_ns = time.perf_counter_ns() - hop.handed_ns
+        if late_ns - waited_ns > self._late_ns:
+            return  # late when handed over: counted then, with its call site
+        self._note_late(hop.runner, fn, late_ns / 1e9, waited_ns / 1e9)
+
+    def _note_late(self, runner: str, fn: Any, late_s: float, waited_s: float = 0.0) -> None:
         function = spans.callable_name(fn)
-        key = (runner, function, call_site())
+        # At the start, the hand-over's stack is gone: no call site.
+        site = call_site() if not waited_s else None
+        key = (runner, function, site, bool(waited_s))
         with self._lock:
             entry = self._late.get(key)
             if entry is None:
                 if len(self._late) >= MAX_KEYS:
                     self._dropped += 1
                     return
-                entry = self._late[key] = Late(runner, function, key[2])
+                entry = self._late[key] = Late(runner, function, site)
             entry.count += 1
             entry.worst_s = max(entry.worst_s, late_s)
+            entry.waited_s = max(entry.waited_s, waited_s)
 
     def _note_thread(self, runner: str, fn: Any, context: Context | None) -> None:
         site = call_site()

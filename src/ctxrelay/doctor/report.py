@@ -45,7 +45,7 @@ def build(findings: Findings, meta: dict[str, Any], in_effect: dict[str, Any]) -
         ],
         "bypassed": [asdict(start) for start in findings.starts],
         "pinned": [_rounded(asdict(pin), "held_s") for pin in findings.pinned],
-        "late": [_rounded(asdict(late), "worst_s") for late in findings.late],
+        "late": [_rounded(asdict(late), "worst_s", "waited_s") for late in findings.late],
         "in_effect": in_effect,
         "dropped": findings.dropped,
     }
@@ -55,8 +55,9 @@ def build(findings: Findings, meta: dict[str, Any], in_effect: dict[str, Any]) -
     return report
 
 
-def _rounded(entry: dict[str, Any], key: str) -> dict[str, Any]:
-    entry[key] = round(entry[key], 3)
+def _rounded(entry: dict[str, Any], *keys: str) -> dict[str, Any]:
+    for key in keys:
+        entry[key] = round(entry[key], 3)
     return entry
 
 
@@ -255,12 +256,12 @@ def _late(report: dict[str, Any]) -> list[str]:
 
     def line(entry: dict[str, Any]) -> str:
         count = f" ×{entry['count']}" if entry["count"] > 1 else ""
-        return (
-            f"{entry['runner']} {entry['function']}{count} {_seconds(entry['worst_s'])} late, "
-            f"at {_where(entry)}"
-        )
+        late = f"{entry['runner']} {entry['function']}{count} {_seconds(entry['worst_s'])} late"
+        if entry["waited_s"]:
+            return f"{late}: handed over in time, waited {_seconds(entry['waited_s'])} to start"
+        return f"{late}, at {_where(entry)}"
 
-    title = f"4. Late work (handed over > {threshold} after its span ended)"
+    title = f"4. Late work (started > {threshold} after its span ended)"
     return _listed(title, report["late"], line)
 
 

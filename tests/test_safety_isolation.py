@@ -10,6 +10,7 @@ instrumented (under a sampled span), outcomes compared.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import logging.handlers
@@ -242,3 +243,107 @@ def test_reloading_a_patched_module_leaks_nothing_between_requests() -> None:
         assert bare == {"A saw": None, "B saw": None, "A pinned": False}
     # With ctxrelay each request's task sees its own request, and nothing pins A.
     assert instrumented == {"A saw": "A", "B saw": "B", "A pinned": False}
+
+
+# --- long-lived worker threads of the libraries around ctxrelay --------------------------
+# Each is started by whichever request first needs one and then serves every later job
+# (the library carries the context per job itself, or runs each job in an empty one).
+
+
+def _trio_thread_cache() -> Outcome:
+    """``trio.to_thread.run_sync``: the value set in a trio task, the call made, the value
+    replaced: nothing else refers to it (bare, and with ctxrelay)."""
+    trio = pytest.importorskip("trio")
+    thread_cache = pytest.importorskip("trio._core._thread_cache")
+    saved = thread_cache.THREAD_CACHE
+    # trio's cache is one per process and its workers idle for 10 s: a fresh one makes
+    # this run start its own worker (the first requester is the one that could be pinned)
+    thread_cache.THREAD_CACHE = thread_cache.ThreadCache()
+
+    async def main() -> Outcome:
+        payload = Payload()
+        REQUEST.set(("A", payload))
+        await trio.to_thread.run_sync(seen)  # starts the worker
+        REQUEST.set(("A", Payload()))
+        ref = weakref.ref(payload)
+        referrers = len(gc.get_referrers(payload))
+        del payload
+        b_saw: list[Any] = []
+
+        async def request_b() -> None:
+            REQUEST.set(("B", Payload()))
+            b_saw.append(await trio.to_thread.run_sync(seen))  # the same worker
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request_b)
+        return Outcome(
+            value=b_saw[0], extra={"A pinned": not collected(ref), "referrers": referrers}
+        )
+
+    try:
+        return copy_context().run(trio.run, main)
+    finally:
+        thread_cache.THREAD_CACHE = saved
+
+
+def _distributed_pool() -> Outcome:
+    threadpoolexecutor = pytest.importorskip("distributed.threadpoolexecutor")
+    pool = threadpoolexecutor.ThreadPoolExecutor(1)
+    try:
+        _, ref = in_request("A", lambda: pool.submit(seen).result(HANG))  # starts the worker
+        b_saw, _ = in_request("B", lambda: pool.submit(seen).result(HANG))
+        return Outcome(value=b_saw, extra={"A pinned": not collected(ref)})
+    finally:
+        pool.shutdown()
+
+
+def _sentry_worker() -> Outcome:
+    worker_module = pytest.importorskip("sentry_sdk.worker")
+    worker = worker_module.BackgroundWorker()
+    saw: queue.Queue[str | None] = queue.Queue()
+    try:
+        _, ref = in_request("A", lambda: worker.submit(lambda: saw.put(seen())))  # starts it
+        saw.get(timeout=HANG)
+        in_request("B", lambda: worker.submit(lambda: saw.put(seen())))
+        return Outcome(value=saw.get(timeout=HANG), extra={"A pinned": not collected(ref)})
+    finally:
+        worker.kill()
+
+
+def _celery_timer() -> Outcome:
+    timer2 = pytest.importorskip("celery.utils.timer2")
+    timer = timer2.Timer()
+    saw: queue.Queue[str | None] = queue.Queue()
+    try:
+        _, ref = in_request("A", lambda: timer.call_after(0, lambda: saw.put(seen())))
+        saw.get(timeout=HANG)
+        in_request("B", lambda: timer.call_after(0, lambda: saw.put(seen())))
+        return Outcome(value=saw.get(timeout=HANG), extra={"A pinned": not collected(ref)})
+    finally:
+        timer.stop()
+
+
+LIBRARY_WORKERS = {
+    "trio thread cache": (_trio_thread_cache, "B"),  # trio copies per job itself
+    "distributed ThreadPoolExecutor": (_distributed_pool, None),
+    "sentry BackgroundWorker": (_sentry_worker, None),
+    "celery timer2.Timer": (_celery_timer, None),
+}
+
+
+@pytest.mark.parametrize("library", LIBRARY_WORKERS)
+def test_library_worker_threads_never_capture_a_requesters_context(
+    library: str, exporter: InMemorySpanExporter
+) -> None:
+    scenario, b_sees = LIBRARY_WORKERS[library]
+    bare, instrumented = differential(scenario)
+    extra: dict[str, Any] = {"A pinned": False}
+    if library == "trio thread cache":
+        extra["referrers"] = 0
+    assert_expected(bare, instrumented, Outcome(value=b_sees, extra=extra))
+    thread_hops = [
+        s.name
+        for s in exporter.get_finished_spans()
+        if (s.attributes or {}).get(attributes.ATTR_RUNNER) in ("Thread", "Timer")
+    ]
+    assert thread_hops == [], "a worker thread recorded a hop (it would stay open for its life)"

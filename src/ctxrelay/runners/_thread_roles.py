@@ -16,7 +16,8 @@ thread class's module and qualified name), so that:
   names);
 * nothing is imported to register it.
 
-The list (read against CPython 3.10-3.13 and anyio 4.16; docs/runners.md lists it):
+The list (read against CPython 3.10-3.13, anyio 4.16, trio 0.35, distributed 2026.8.0,
+tornado 6.6.1, celery 5.7.0 and sentry-sdk 2.75.0; docs/runners.md lists it):
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 __all__ = [
     "EXEMPT_CLASSES",
     "EXEMPT_TARGETS",
+    "EXEMPT_TARGET_PREFIXES",
     "exempt_class",
     "exempt_target",
     "is_exempt",
@@ -65,6 +67,18 @@ EXEMPT_TARGETS: set[tuple[str, str]] = {
     # 3.14 itself) and the socket selector thread
     ("anyio.from_thread", "start_blocking_portal.<locals>.run_blocking_portal"),
     ("anyio._core._asyncio_selector_thread", "Selector.run"),
+    # trio's thread cache (trio.to_thread.run_sync, anyio's trio backend): a worker is
+    # started by the first requester and serves every later job; trio runs each job in
+    # the requester's own copy already
+    ("trio._core._thread_cache", "WorkerThread._work"),
+    # Dask distributed's worker pool (a ThreadPoolExecutor subclass with a worker loop of
+    # its own, and the copy of concurrent.futures.thread it vendors); tasks carry their
+    # values in the task itself (runners/dask.py)
+    ("distributed.threadpoolexecutor", "_worker"),
+    ("distributed._concurrent_futures_thread", "_worker"),
+    # tornado's selector thread (AddThreadSelectorEventLoop: Windows' proactor loop, or
+    # asked for explicitly): serves the loop's every socket
+    ("tornado.platform.asyncio", "SelectorThread._run_select"),
 }
 
 #: ``(module, qualname)`` of thread classes that serve many pieces of work.
@@ -75,7 +89,15 @@ EXEMPT_CLASSES: set[tuple[str, str]] = {
     ("anyio._backends._asyncio", "WorkerThread"),
     # logging.config.listen()'s server thread
     ("logging.config", "listen.<locals>.Server"),
+    # celery's timer thread (ETA tasks, heartbeats, every scheduled callback)
+    ("celery.utils.timer2", "Timer"),
 }
+
+#: Module prefixes of telemetry SDKs whose own background threads (exporters, batchers,
+#: flushers, profilers) are started lazily, often inside the first request that
+#: produces something to send, and live for the process: spans about exporting spans
+#: would recurse, and a captured context would stay pinned.
+EXEMPT_TARGET_PREFIXES: tuple[str, ...] = ("opentelemetry.", "sentry_sdk.")
 
 
 def _name_of(fn: Any) -> tuple[str, str] | None:
@@ -106,8 +128,9 @@ def exempt_class(cls: type) -> None:
 def is_exempt(thread: threading.Thread) -> bool:
     """True for a thread that must not capture its starter's context.
 
-    Besides the lists above: the OpenTelemetry SDK's own threads (batch span
-    processor, metric readers), whose spans about exporting spans would recurse.
+    Besides the lists above: the telemetry SDKs' own threads
+    (:data:`EXEMPT_TARGET_PREFIXES`: OpenTelemetry's batch span processor and metric
+    readers, Sentry's transport worker, batchers, profilers and flushers).
     """
     cls = type(thread)
     if (cls.__module__, cls.__qualname__) in EXEMPT_CLASSES:
@@ -115,7 +138,7 @@ def is_exempt(thread: threading.Thread) -> bool:
     name = _name_of(thread.__dict__.get("_target"))
     if name is None:
         return False
-    return name in EXEMPT_TARGETS or name[0].startswith("opentelemetry.")
+    return name in EXEMPT_TARGETS or name[0].startswith(EXEMPT_TARGET_PREFIXES)
 
 
 # --- threads started on behalf of another runner ------------------------------------

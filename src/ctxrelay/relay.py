@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import types
 from collections.abc import Callable
 from contextvars import Context, copy_context
 from typing import Any, ParamSpec, TypeVar
@@ -40,6 +41,7 @@ __all__ = [
     "hand_over",
     "hand_over_carrier",
     "leaves_vars_behind",
+    "own_frames",
     "relayed",
     "relayed_call",
     "relayed_single_use",
@@ -47,6 +49,7 @@ __all__ = [
     "run_hop",
     "runs_in_own_context",
     "set_observer",
+    "without_own_frames",
 ]
 
 T = TypeVar("T")
@@ -398,6 +401,32 @@ def run_hop(
             spans.end_hop(span, token)
         # The token refers to the carried Context; a kept traceback must not pin it.
         span = token = None
+
+
+#: Code of ctxrelay's own frames between a runner and the user's function (the front
+#: ends above, and a runner's own, registered with :func:`own_frames`).
+_OWN_CODES: set[types.CodeType] = {Relayed.__call__.__code__, run_hop.__code__}
+
+
+def own_frames(*functions: Callable[..., Any]) -> None:
+    """Mark the frames of ``functions`` as ctxrelay's (see :func:`without_own_frames`)."""
+    for fn in functions:
+        _OWN_CODES.add(fn.__code__)
+
+
+def without_own_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` without its leading ctxrelay frames: where the user's function begins.
+
+    A traceback entry of a frame that called the user's function comes before the
+    function's own; a report that bare Python makes from C (``_thread``'s "Exception
+    ignored in thread started by") starts at the function.  Never raises.
+    """
+    try:
+        while tb is not None and tb.tb_frame.f_code in _OWN_CODES:
+            tb = tb.tb_next
+    except Exception:  # pragma: no cover - defensive
+        pass
+    return tb
 
 
 class _Bound:

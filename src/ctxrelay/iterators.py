@@ -21,6 +21,7 @@ from collections.abc import Callable
 from contextvars import Context
 from typing import Any, TypeVar
 
+from ctxrelay import relay
 from ctxrelay.relay import capture
 
 __all__ = ["step_in_own_context", "stepping_in_own_context"]
@@ -96,5 +97,12 @@ def stepping_in_own_context(
 ) -> T:
     """wrapt wrapper for a ``step(iterator)`` helper that a pool calls once per ``next()``."""
     if len(args) == 1 and not kwargs:
-        return step_in_own_context(wrapped, args[0])
+        try:
+            return step_in_own_context(wrapped, args[0])
+        except BaseException as exc:
+            relay.hide_own_frames(exc)  # the caller's traceback lists the framework's frames
+            raise
     return wrapped(*args, **kwargs)
+
+
+relay.own_frames(stepping_in_own_context, step_in_own_context)

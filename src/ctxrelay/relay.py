@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import threading
 import types
 from collections.abc import Callable
@@ -40,6 +41,7 @@ __all__ = [
     "capture",
     "hand_over",
     "hand_over_carrier",
+    "hide_own_frames",
     "leaves_vars_behind",
     "own_frames",
     "relayed",
@@ -240,6 +242,9 @@ class Relayed:
                 context_vars=len(context),
                 named=self.named,
             )
+        except BaseException as exc:
+            hide_own_frames(exc)
+            raise
         finally:
             # The traceback of a failed task keeps this frame: let go of the context.
             context = None
@@ -427,6 +432,34 @@ def without_own_frames(tb: types.TracebackType | None) -> types.TracebackType | 
     except Exception:  # pragma: no cover - defensive
         pass
     return tb
+
+
+#: 3.11+: a bare ``raise`` re-raises with the exception's ``__traceback__`` as it is
+#: then; 3.10 re-raises the traceback it caught.
+_RAISE_READS_TRACEBACK = sys.version_info >= (3, 11)
+
+
+def hide_own_frames(exc: BaseException) -> None:
+    """Leave ctxrelay's frames out of ``exc``'s traceback, before a bare ``raise``.
+
+    Called in the except block of the outermost ctxrelay frame between a runner and the
+    user's function: the traceback the caller gets (a pool's ``future.result()``,
+    ``run_in_executor``, ``ThreadPool.get``) then lists the frames it lists without
+    ctxrelay.  The exception object, its type, message, ``__cause__`` and
+    ``__context__`` are untouched.  On 3.10 the frame calling this stays (its entry
+    is the one being re-raised); the ones inside it go.  Never raises.
+    """
+    try:
+        tb = exc.__traceback__
+        inner = without_own_frames(tb)
+        if inner is tb or tb is None:
+            return
+        if _RAISE_READS_TRACEBACK:
+            exc.__traceback__ = inner
+        else:
+            tb.tb_next = inner
+    except Exception:  # pragma: no cover - defensive
+        pass
 
 
 class _Bound:

@@ -35,7 +35,14 @@ RUNNER = "anyio.to_thread"
 def _run(hop: spans.Hop, func: Any, *args: Any) -> Any:
     # In the worker thread, inside the copy anyio made for this call.  A framework
     # helper stepping the user's generator is named after the generator.
-    return relay.run_hop(hop=hop, fn=func, args=args, named=attributes.subject_of(func, args))
+    try:
+        return relay.run_hop(hop=hop, fn=func, args=args, named=attributes.subject_of(func, args))
+    except BaseException as exc:
+        relay.hide_own_frames(exc)  # the traceback the caller gets lists anyio's and the user's
+        raise
+
+
+relay.own_frames(_run)
 
 
 def record_hop(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

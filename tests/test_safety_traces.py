@@ -160,7 +160,7 @@ def test_the_traceback_a_caller_gets_from_a_task_lists_the_frames_it_lists_bare(
         def task() -> None:
             try:
                 raise KeyError("inner")
-            except KeyError as inner:
+            except KeyError:
                 error = ValueError("boom")
                 raised.append(error)
                 raise error from LookupError("cause")

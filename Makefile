@@ -6,7 +6,7 @@ EXTRAS ?= test,frameworks,bench,lint
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv test demo bench clean phoenix redis matrix test-slow ci lint dist foreign-suites
+.PHONY: venv test demo bench bench-wrapt clean phoenix redis matrix test-slow ci lint dist foreign-suites
 
 # Arize Phoenix, the real OTLP receiver of the end-to-end tests (tests/test_e2e_phoenix.py).
 # Its dependency tree is huge and pins things gradio also pins: it gets its own venv,
@@ -83,6 +83,15 @@ dist: venv
 bench: venv
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/processes.py
+
+# Instructions per operation (callgrind: a noisy machine cannot move them) on wrapt 1.17
+# and 2.x side by side: .venv-wrapt1 (built by `make matrix`) and .venv-wrapt2, or .venv
+# (whose default install resolves wrapt 2.x) when there is no .venv-wrapt2.
+WRAPT_VENVS := $(wildcard .venv-wrapt1/bin/python) \
+	$(or $(wildcard .venv-wrapt2/bin/python),$(BIN)/python)
+bench-wrapt: venv
+	$(BIN)/python benchmarks/instructions.py $(addprefix --python ,$(WRAPT_VENVS)) \
+		--only wrapper,closure,plain_call,pool_hop,thread,startup
 
 # CPython's own thread/pool/asyncio/socketserver suites and anyio's and starlette's from
 # their sdists, bare vs CTXRELAY_ENABLED=1 vs instrument() under a sampled root span

@@ -13,6 +13,15 @@ operation, with the interpreter's start-up and the set-up cancelled out.
 
     .venv/bin/python benchmarks/instructions.py            # every scenario, ~10 min
     .venv/bin/python benchmarks/instructions.py --only thread,hop_span
+    # wrapt 1.17 and 2.x side by side (the light venvs .ci/run builds):
+    .venv/bin/python benchmarks/instructions.py --python .venv-wrapt1/bin/python \
+        --python .venv-wrapt2/bin/python --only pool_hop,wrapper
+
+``startup`` counts one ``python -c pass`` bare and with ``CTXRELAY_ENABLED=1`` (no
+n/2n difference: the start-up is the operation); ``wrapper`` is one call through a
+``wrapt.FunctionWrapper`` whose wrapper calls straight through, ``closure`` the same
+through a plain Python closure, ``plain_call`` the bare call (what any wrapt-based
+patch pays per call, whatever it does).
 
 Configurations are those of ``workloads.py`` (bare, ctxrelay spans off, sampled,
 unsampled, the OpenTelemetry threading instrumentor).
@@ -28,6 +37,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -42,6 +52,12 @@ SCENARIOS: dict[str, tuple[int, tuple[str, ...]]] = {
     "sdk_span": (2_000, ("bare",)),
     # the SDK span a hop is: 8 attributes at creation, made current, ended
     "sdk_span_like_hop": (2_000, ("bare",)),
+    # one call through wrapt.FunctionWrapper / through a Python closure / plain (see above)
+    "wrapper": (5_000, ("bare",)),
+    "closure": (5_000, ("bare",)),
+    "plain_call": (5_000, ("bare",)),
+    # `python -c pass`, bare and with CTXRELAY_ENABLED=1 (counted once each)
+    "startup": (1, ("bare", "enabled")),
 }
 
 
@@ -68,6 +84,22 @@ def _child(config: str, scenario: str, n: int) -> None:
     elif scenario == "sdk_span":
         for _ in range(n):
             tracer.start_span("x").end()
+    elif scenario in ("wrapper", "closure", "plain_call"):
+        import wrapt
+
+        def through(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            return wrapped(*args, **kwargs)
+
+        def closure(*args: Any, **kwargs: Any) -> Any:
+            return through(noop, None, args, kwargs)
+
+        call: Any = {
+            "wrapper": wrapt.FunctionWrapper(noop, through, enabled=[True]),
+            "closure": closure,
+            "plain_call": noop,
+        }[scenario]
+        for _ in range(n):
+            call()
     elif scenario == "sdk_span_like_hop":
         for _ in range(n):
             span = tracer.start_span("x", attributes=_HOP_LIKE_ATTRIBUTES)
@@ -80,21 +112,17 @@ def _child(config: str, scenario: str, n: int) -> None:
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
-def _count(config: str, scenario: str, n: int) -> int:
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
-        config,
-        scenario,
-        str(n),
-    ]
+def _count(config: str, scenario: str, n: int, python: str) -> int:
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python]
+    if scenario == "startup":
+        command += ["-c", "pass"]
+    else:
+        command += [str(Path(__file__).resolve()), "--child", config, scenario, str(n)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CTXRELAY_", "OTEL_"))}
     env["PYTHONPATH"] = str(HERE.parent / "src")
     env["PYTHONHASHSEED"] = "0"  # the same dict layouts every run
+    if scenario == "startup" and config == "enabled":
+        env["CTXRELAY_ENABLED"] = "1"
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
@@ -102,15 +130,33 @@ def _count(config: str, scenario: str, n: int) -> int:
     return int(found.group(1))
 
 
-def per_operation(config: str, scenario: str) -> float:
+def per_operation(config: str, scenario: str, python: str = sys.executable) -> float:
     n = SCENARIOS[scenario][0]
-    return (_count(config, scenario, 2 * n) - _count(config, scenario, n)) / n
+    if scenario == "startup":
+        return float(_count(config, scenario, n, python))
+    return (_count(config, scenario, 2 * n, python) - _count(config, scenario, n, python)) / n
+
+
+def _wrapt_of(python: str) -> str:
+    done = subprocess.run(
+        [python, "-c", "import wrapt; print(wrapt.__version__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return f"wrapt {done.stdout.strip() or '?'}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="comma-separated scenarios")
     parser.add_argument("--child", nargs=3, metavar=("CONFIG", "SCENARIO", "N"))
+    parser.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        help="interpreter to count under (repeat for side by side, e.g. both wrapt lines)",
+    )
     args = parser.parse_args()
     if args.child:
         config, scenario, n = args.child
@@ -120,18 +166,54 @@ def main() -> int:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
-    results: dict[tuple[str, str], float] = {}
+    pythons = args.python or [sys.executable]
+    if len(pythons) == 1:
+        results: dict[tuple[str, str], float] = {}
+        for scenario in chosen:
+            for config in SCENARIOS[scenario][1]:
+                results[scenario, config] = per_operation(config, scenario, pythons[0])
+                print(f"{scenario:20} {config:10} {results[scenario, config]:12,.0f}", flush=True)
+        print()
+        _summary(results)
+        return 0
+    _side_by_side(chosen, pythons)
+    return 0
+
+
+def _side_by_side(chosen: list[str], pythons: list[str]) -> None:
+    """One column per interpreter (e.g. wrapt 1.17 and 2.x), then each one's summary."""
+    labels = [_wrapt_of(p) for p in pythons]
+    per: list[dict[tuple[str, str], float]] = [{} for _ in pythons]
+    print(f"{'scenario':20} {'config':10} " + " ".join(f"{label:>16}" for label in labels))
     for scenario in chosen:
         for config in SCENARIOS[scenario][1]:
-            results[scenario, config] = per_operation(config, scenario)
-            print(f"{scenario:20} {config:10} {results[scenario, config]:12,.0f}", flush=True)
-    print()
-    _summary(results)
-    return 0
+            cells = []
+            for i, python in enumerate(pythons):
+                per[i][scenario, config] = per_operation(config, scenario, python)
+                cells.append(f"{per[i][scenario, config]:16,.0f}")
+            print(f"{scenario:20} {config:10} " + " ".join(cells), flush=True)
+    for label, results in zip(labels, per, strict=True):
+        print(f"\n--- {label}")
+        _summary(results)
 
 
 def _summary(results: dict[tuple[str, str], float]) -> None:
     """The added instructions per operation, and the ratios the targets are stated in."""
+    plain = results.get(("plain_call", "bare"))
+    for kind in ("wrapper", "closure"):
+        value = results.get((kind, "bare"))
+        if value is not None and plain is not None:
+            what = "wrapt.FunctionWrapper" if kind == "wrapper" else "a Python closure"
+            print(f"{kind}: a call through {what} adds {value - plain:,.0f} instructions")
+    bare_start, enabled_start = (
+        results.get(("startup", "bare")),
+        results.get(("startup", "enabled")),
+    )
+    if bare_start and enabled_start:
+        print(
+            f"startup: CTXRELAY_ENABLED=1 adds {enabled_start - bare_start:,.0f} instructions "
+            f"({enabled_start:,.0f} vs {bare_start:,.0f} bare)"
+        )
     for scenario in ("pool_hop", "thread"):
         bare = results.get((scenario, "bare"))
         if bare is None:

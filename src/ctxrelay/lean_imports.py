@@ -4,11 +4,12 @@ Every process started under ``CTXRELAY_ENABLED=1`` (spawned pool workers, CLI to
 runners) pays ctxrelay's start-up, and most of it was spent importing standard modules
 that ctxrelay's dependencies import at their top for functions ctxrelay never calls:
 
-* ``import wrapt`` executes every submodule of the package (read in wrapt 1.17.3 and
-  2.5.2, ``wrapt/__init__.py``): ``wrapt.synchronization`` imports :mod:`asyncio` (for
+* ``import wrapt`` executes every submodule of the package (read in wrapt 2.5.2,
+  ``wrapt/__init__.py``): ``wrapt.synchronization`` imports :mod:`asyncio` (for
   ``async_to_sync`` & co.; it pulls in ``ssl``, ``socket``, ``subprocess``...) and
   ``wrapt.importer`` imports :mod:`importlib.metadata` (for
-  ``discover_post_import_hooks``; it pulls in ``email``, ``zipfile``, ``pathlib``...);
+  ``discover_post_import_hooks``; it pulls in ``email``, ``zipfile``, ``pathlib``...).
+  wrapt 1.17.3 imports neither (nothing is deferred there);
 * ``opentelemetry.sdk.resources`` (read in opentelemetry-sdk 1.45.1) imports ``psutil``
   (when installed), ``socket`` and ``subprocess`` for the process, host and OS resource
   detectors, which are off by default.

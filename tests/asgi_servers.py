@@ -7,20 +7,15 @@ context into the app, which hides exactly the loss these tests are about.
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from helpers import free_port
+
 #: Bound for every wait on a server (start, stop); never reached when things work.
 SERVER_TIMEOUT_S = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

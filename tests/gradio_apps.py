@@ -25,7 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from opentelemetry import trace
 
-from asgi_servers import free_port, uvicorn_in_thread
+from asgi_servers import uvicorn_in_thread
+from helpers import free_port
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 #: The attribute the middleware puts on the request's span.

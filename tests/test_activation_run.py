@@ -6,7 +6,6 @@ trace are lost in the workers) and then with it (both carried).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,18 +24,12 @@ from activation_support import (
     write_probe,
 )
 from ctxrelay.version import __version__
-from helpers import baseline
+from helpers import baseline, free_port
 
 
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
     return write_probe(tmp_path / "app")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_python_script(app_dir: Path) -> None:
@@ -143,7 +136,7 @@ def test_uvicorn_console_script(app_dir: Path) -> None:
         "--host",
         "127.0.0.1",
         "--port",
-        str(_free_port()),
+        str(free_port()),
         "--lifespan",
         "on",
     ]
@@ -161,7 +154,7 @@ def test_flask_run_with_reloader_child(app_dir: Path) -> None:
         "if os.environ.get('WERKZEUG_RUN_MAIN') == 'true':\n    probe('flask-child')\n"
     )
     require("flask")
-    cmd = ["flask", "--app", "webapp", "run", "--reload", "--port", str(_free_port())]
+    cmd = ["flask", "--app", "webapp", "run", "--reload", "--port", str(free_port())]
     plain, _ = run_server_until_probe(cmd, base_env(), app_dir)
     assert lost(plain)
     report, _ = run_server_until_probe([CTXRELAY, "run", *cmd], base_env(), app_dir)
@@ -176,7 +169,7 @@ def test_gradio_cli(app_dir: Path) -> None:
         "if __name__ == '__main__':\n    demo.launch()\n"
     )
     require("gradio")
-    env = base_env(GRADIO_SERVER_PORT=str(_free_port()), GRADIO_ANALYTICS_ENABLED="False")
+    env = base_env(GRADIO_SERVER_PORT=str(free_port()), GRADIO_ANALYTICS_ENABLED="False")
     plain, _ = run_server_until_probe(["gradio", "demo_app.py"], env, app_dir)
     assert lost(plain)
     report, _ = run_server_until_probe([CTXRELAY, "run", "gradio", "demo_app.py"], env, app_dir)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shlex
-import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from activation_support import (
     run_server_until_probe,
     write_probe,
 )
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -318,12 +318,6 @@ def _workdir(path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env() -> dict[str, str]:
     """The user's shell: this venv first on PATH, no OTEL_* or CTXRELAY_* of the suite's."""
     env = base_env()
@@ -353,7 +347,7 @@ def test_doc_command(command: DocCommand, tmp_path: Path) -> None:
 
         receiver = Receiver().__enter__()
     try:
-        values = {"port": str(_free_port()), "receiver": receiver.endpoint if receiver else ""}
+        values = {"port": str(free_port()), "receiver": receiver.endpoint if receiver else ""}
         script = command.script()
         for old, new in case.rewrite:
             assert old in script, f"{command.doc}:{command.line}: {old!r} is gone: update CASES"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -29,6 +28,7 @@ import pytest
 
 from activation_support import CTXRELAY, base_env, run, write_probe
 from ctxrelay import attributes as keys
+from helpers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -64,12 +64,6 @@ print("E2E " + json.dumps({
     "service.name": resource.attributes.get("service.name") if resource else None,
 }), flush=True)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> Any:
@@ -108,7 +102,7 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    server = Phoenix(_free_port(), _free_port())
+    server = Phoenix(free_port(), free_port())
     workdir = tmp_path_factory.mktemp("phoenix")
     env = {
         "PATH": os.environ.get("PATH", ""),

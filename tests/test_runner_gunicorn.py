@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("gunicorn.workers.gthread")
+
+from helpers import free_port  # noqa: E402
 
 TIMEOUT = 10
 START_TIMEOUT = 30
@@ -83,12 +84,6 @@ def post_fork(server, worker):
     import ctxrelay
     ctxrelay.instrument()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Gunicorn:

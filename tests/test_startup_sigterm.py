@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from activation_support import CTXRELAY, base_env, require
+from helpers import free_port
 
 pytestmark = pytest.mark.skipif(
     not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX"
@@ -102,12 +102,6 @@ def test_a_plain_script(tmp_path: Path, mode: str, status: int, handler_lines: i
     assert on == (status, handler_lines, True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_uvicorn(tmp_path: Path) -> None:
     """uvicorn shuts down gracefully, restores the previous handler and re-raises SIGTERM."""
     require("uvicorn")
@@ -115,7 +109,7 @@ def test_uvicorn(tmp_path: Path) -> None:
     outcomes = []
     for enabled in (False, True):
         env, trees = _env(tmp_path, enabled)
-        cmd = ["uvicorn", "asgi:app", "--port", str(_free_port()), "--lifespan", "on"]
+        cmd = ["uvicorn", "asgi:app", "--port", str(free_port()), "--lifespan", "on"]
         if enabled:
             cmd = [str(CTXRELAY), "run", *cmd]
         code, out = _stop(cmd, env, tmp_path)

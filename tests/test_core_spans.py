@@ -236,6 +236,30 @@ def test_sdk_own_threads_produce_no_spans_and_shutdown_does_not_hang(exporter, t
     assert hops == [], [h.name for h in hops]
 
 
+def _hops_of_building_a_provider(exporter, tracer) -> list[str]:
+    """A TracerProvider() built inside a sampled span: the hop spans that gives."""
+    exporter.clear()
+    with tracer.start_as_current_span("root"):
+        TracerProvider().shutdown()  # runs its resource detectors in a thread pool
+    return [
+        s.name
+        for s in exporter.get_finished_spans()
+        if attributes.ATTR_RUNNER in (s.attributes or {})
+    ]
+
+
+def test_the_sdks_own_pool_work_records_no_hop_by_default(exporter, tracer) -> None:
+    """Bare: no span; instrumented: none either (the detectors' hops are dropped), while
+    with DROP_HOPS=none they would reach the global exporter (the SDK does use a pool)."""
+    bare = _hops_of_building_a_provider(exporter, tracer)
+    ctxrelay.instrument()
+    instrumented = _hops_of_building_a_provider(exporter, tracer)
+    ctxrelay.instrument(drop_hops=["none"])
+    every_hop = _hops_of_building_a_provider(exporter, tracer)
+    assert bare == instrumented == []
+    assert every_hop and all(name.startswith("ThreadPoolExecutor") for name in every_hop)
+
+
 def test_attribute_values_are_bounded() -> None:
     def fn() -> None: ...
 

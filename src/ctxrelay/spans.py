@@ -68,8 +68,13 @@ FRAMEWORK = "framework"
 #: Starlette's static files and ``FileResponse`` run ``stat``/``open``/``read``/``close``
 #: through ``anyio.to_thread`` (four hop spans per file, dozens per page load); Gradio
 #: pre- and post-processes every input and output there, and computes its analytics;
-#: a server thread runs ``uvicorn.Server.run`` for the process's life.  The user's
-#: handlers are named after the user's function, so they never match.
+#: a server thread runs ``uvicorn.Server.run`` for the process's life.  The
+#: OpenTelemetry SDK's own work handed to a pool (the resource detectors that every
+#: ``TracerProvider()`` runs in a ThreadPoolExecutor) would be exported as the
+#: application's hops, into the global provider even when the app traces with its own
+#: (``opentelemetry.sdk.*`` only: the instrumentations wrap the user's work in
+#: functions of theirs, ``opentelemetry.instrumentation.*``).  The user's handlers are
+#: named after the user's function, so they never match.
 FRAMEWORK_HOPS: tuple[str, ...] = (
     "posix.*",
     "nt.*",
@@ -84,6 +89,7 @@ FRAMEWORK_HOPS: tuple[str, ...] = (
     "uvicorn.*",
     "gradio.*",
     "gradio_client.*",
+    "opentelemetry.sdk.*",
 )
 
 

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 import timeit
+import types
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextvars import copy_context
@@ -274,6 +275,18 @@ def skip_vars(rows: list[Row]) -> None:
             "`relay.capture()`, one variable skipped",
             lambda c=context: lambda: c.run(relay.capture),
         )
+        # the same variable named by where it is defined: no pass over the context
+        module = types.ModuleType("bench_skip_vars")
+        module.VAR = variables[0]  # type: ignore[attr-defined]
+        sys.modules[module.__name__] = module
+        ctxrelay.instrument(spans=False, listener_spans=False, skip_vars=["bench_skip_vars:VAR"])
+        measure(
+            rows,
+            group,
+            "`relay.capture()`, one variable skipped by `module:attribute`",
+            lambda c=context: lambda: c.run(relay.capture),
+        )
+        del sys.modules[module.__name__]
         ctxrelay.uninstrument()
 
 

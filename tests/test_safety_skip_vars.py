@@ -7,6 +7,8 @@ the setting was made is skipped too.  (What it costs: ``make bench``.)
 
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -67,3 +69,35 @@ def test_a_variable_created_after_the_setting_is_skipped_too() -> None:
         return _pool(later.get)
 
     assert copy_context().run(request) == "default"
+
+
+def test_a_variable_named_by_its_module_and_attribute_is_skipped_without_a_pass(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``module:attribute`` names one module-level variable, found once its module is
+    imported (given before the import here): skipped, the others carried, and the
+    context is never scanned for names."""
+    from ctxrelay import left_behind
+
+    (tmp_path / "skip_vars_app.py").write_text(
+        "from contextvars import ContextVar\n"
+        "SESSION = ContextVar('a_session', default='no session')\n"
+        "OTHER = ContextVar('a_session', default='no session')  # the same name\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "skip_vars_app", raising=False)
+
+    def request() -> Any:
+        app = importlib.import_module("skip_vars_app")
+        app.SESSION.set("the request's")
+        app.OTHER.set("the request's")
+        KEPT.set("carried")
+        return _thread(lambda: (app.SESSION.get(), app.OTHER.get(), KEPT.get()))
+
+    ctxrelay.instrument(skip_vars=["skip_vars_app:SESSION"])
+    assert copy_context().run(request) == ("no session", "the request's", "carried")
+    assert left_behind._seen == set()  # found by path: no pass over the context
+    ctxrelay.uninstrument()
+    bare = copy_context().run(request)
+    if not BARE_THREADS_INHERIT:
+        assert bare == ("no session", "no session", "default")

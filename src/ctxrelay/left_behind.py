@@ -8,23 +8,31 @@ Two kinds, one mechanism:
   (``tests/test_safety_thread_vars.py``).  Read against sniffio 1.3.1, anyio 4.16,
   asgiref 3.13 and CPython 3.10-3.14's asyncio; what was looked at and left out is in
   docs/runners.md ("Variables that stay in their thread").
-* **Variables the user names** in ``CTXRELAY_SKIP_VARS``.
+* **Variables the user names** in ``CTXRELAY_SKIP_VARS``: by the name given to
+  ``ContextVar(name)``, or by where a module-level one is defined (``module:attribute``,
+  as ``CTXRELAY_PROCESS_VARS`` names them).
 
 A ``Context`` cannot forget a variable.  A left-behind variable that has a default is
 set back to that default in the copy (one ``Context.run``, whatever the context's
 size): code that reads it with ``get()`` sees exactly what an uncarried thread sees.
 One without a default can only be dropped by building a new context without it.
 
-Finding the user's variables costs one C-level pass over the context per hand-over
-(a set-membership check, ~25 ns per variable: ~25 us for 1,000 variables) plus the
-work for the variables actually present; each ContextVar's name is looked at once, the
-first time it is seen.  (Without knowing every variable's name up front, some pass over
-the context is unavoidable: Python offers no way to find a ContextVar by name.)
+Finding variables named by *name* costs one C-level pass over the context per
+hand-over (a set-membership check, ~11-25 ns per variable: 11-25 us for 1,000
+variables) plus the work for the variables actually present; each ContextVar's name is
+looked at once, the first time it is seen.  (Without knowing every variable's name up
+front, some pass over the context is unavoidable: Python offers no way to find a
+ContextVar by name, or to learn which variables a context holds, without looking at
+them.)  A variable named by *path* is found once its module is imported (one
+``sys.modules`` look-up per hand-over until then), and from then on costs one
+membership test per hand-over, like a thread-owned variable: with paths only, skipping
+costs in proportion to the variables skipped, whatever the context's size.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from contextvars import Context, ContextVar
@@ -72,6 +80,10 @@ _thread_owned: tuple[tuple[ContextVar[Any], Any], ...] = ()
 _skipped_names: frozenset[str] = frozenset()
 _seen: set[ContextVar[Any]] = set()
 _skipped_found: dict[ContextVar[Any], Any] = {}
+#: CTXRELAY_SKIP_VARS entries that are paths: not found yet, and found (var, default).
+_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_skipped_paths: tuple[tuple[str, str], ...] = ()
+_skipped_at_paths: tuple[tuple[ContextVar[Any], Any], ...] = ()
 #: _seen keeps every variable it saw alive: bounded, in case an application makes
 #: ContextVars per request (asgiref's Local does, per Local object).
 _SEEN_LIMIT = 10_000
@@ -79,7 +91,9 @@ _SEEN_LIMIT = 10_000
 
 def _changed() -> None:
     global nothing
-    nothing = not _thread_owned and not _skipped_names
+    nothing = (
+        not _thread_owned and not _skipped_names and not _skipped_paths and not _skipped_at_paths
+    )
     if on_change is not None:
         on_change()
 
@@ -92,12 +106,39 @@ def _default_of(var: ContextVar[Any]) -> Any:
 
 
 def configure_skipped(names: frozenset[str]) -> None:
-    """Leave behind the ContextVars with these names (CTXRELAY_SKIP_VARS)."""
-    global _skipped_names
-    _skipped_names = frozenset(names)
+    """Leave behind these ContextVars (CTXRELAY_SKIP_VARS): names, or ``module:attribute``."""
+    global _skipped_names, _skipped_paths, _skipped_at_paths
+    paths = frozenset(name for name in names if _PATH.fullmatch(name))
+    _skipped_names = frozenset(names) - paths
+    _skipped_paths = tuple(
+        (module, attribute) for module, _, attribute in sorted(p.partition(":") for p in paths)
+    )
+    _skipped_at_paths = ()
     _seen.clear()
     _skipped_found.clear()
+    _find_paths()
     _changed()
+
+
+def _find_paths() -> None:
+    """Look up the path entries not found yet (their module may have been imported)."""
+    global _skipped_paths, _skipped_at_paths
+    pending: list[tuple[str, str]] = []
+    found = dict(_skipped_at_paths)
+    for module_name, attribute in _skipped_paths:
+        target: Any = sys.modules.get(module_name)
+        if target is not None:
+            try:
+                for part in attribute.split("."):
+                    target = getattr(target, part)
+            except Exception:  # not there (yet: the module may still be initialising)
+                target = None
+        if isinstance(target, ContextVar):
+            found[target] = _default_of(target)
+        else:
+            pending.append((module_name, attribute))
+    _skipped_paths = tuple(pending)
+    _skipped_at_paths = tuple(found.items())
 
 
 def _skipped_in(context: Context) -> list[tuple[ContextVar[Any], Any]]:
@@ -122,6 +163,14 @@ def leave_behind(context: Context) -> Context:
     """
     dropped: list[ContextVar[Any]] = []
     for var, default in _thread_owned:
+        if var in context:
+            if default is _NO_DEFAULT:
+                dropped.append(var)
+            else:
+                context.run(var.set, default)
+    if _skipped_paths:
+        _find_paths()
+    for var, default in _skipped_at_paths:
         if var in context:
             if default is _NO_DEFAULT:
                 dropped.append(var)

@@ -8,8 +8,10 @@ span code runs too) and compares what the caller got.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import threading
+import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.pool import ThreadPool
@@ -20,6 +22,7 @@ import pydantic
 import pytest
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+from helpers import baseline
 from safety_support import HANG, Outcome, assert_same, differential, without_hanging
 
 
@@ -220,3 +223,41 @@ def test_start_never_waits_for_span_bookkeeping() -> None:
     bare, instrumented = differential(scenario, tracer_provider=provider)
     assert bare == Outcome(runs=1, extra={"alive": False})
     assert_same(bare, instrumented)
+
+
+def _function_without_a_module(out: list[Any]) -> Any:
+    """A function made from code alone (``types.FunctionType(code, {})``): ``__module__``
+    is None, as for functions built by code generators and some C-level factories."""
+    code = compile("def f(out, var):\n    out.append(var.get())\n", "<generated>", "exec")
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    made = types.FunctionType(namespace["f"].__code__, {})
+    assert made.__module__ is None
+    return made
+
+
+def _function_with_an_unhashable_module(out: list[Any]) -> Any:
+    def f(out: list[Any], var: contextvars.ContextVar[str]) -> None:
+        out.append(var.get())
+
+    f.__module__ = ["not", "a", "name"]  # type: ignore[assignment]
+    return f
+
+
+@pytest.mark.parametrize("make", [_function_without_a_module, _function_with_an_unhashable_module])
+def test_a_thread_target_of_odd_shape_is_carried_like_any_function(make: Any) -> None:
+    """Exemption goes by the target's module and name; one that has no usable module
+    is simply not exempt (it used to fail the capture: the thread started uncarried)."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("odd_target", default="lost")
+
+    def scenario() -> Outcome:
+        out: list[Any] = []
+        var.set("carried")
+        thread = threading.Thread(target=make(out), args=(out, var))
+        without_hanging(thread.start)
+        thread.join(HANG)
+        return Outcome(value=out, runs=len(out))
+
+    bare, instrumented = contextvars.copy_context().run(differential, scenario, span=False)
+    assert bare == Outcome(value=[baseline("lost", "carried")], runs=1)
+    assert instrumented == Outcome(value=["carried"], runs=1)

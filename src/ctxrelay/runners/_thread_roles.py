@@ -132,13 +132,19 @@ def is_exempt(thread: threading.Thread) -> bool:
     (:data:`EXEMPT_TARGET_PREFIXES`: OpenTelemetry's batch span processor and metric
     readers, Sentry's transport worker, batchers, profilers and flushers).
     """
+    # Asked at every start(): _name_of inlined, and a plain Thread's class not looked up.
     cls = type(thread)
-    if (cls.__module__, cls.__qualname__) in EXEMPT_CLASSES:
+    if cls is not threading.Thread and (cls.__module__, cls.__qualname__) in EXEMPT_CLASSES:
         return True
-    name = _name_of(thread.__dict__.get("_target"))
-    if name is None:
+    fn = thread.__dict__.get("_target")
+    if type(fn) is types.MethodType:
+        fn = fn.__func__
+    if type(fn) is not types.FunctionType:
         return False
-    return name in EXEMPT_TARGETS or name[0].startswith(EXEMPT_TARGET_PREFIXES)
+    module = fn.__module__  # any object: None for a function made without a module
+    if type(module) is not str:
+        return False
+    return (module, fn.__qualname__) in EXEMPT_TARGETS or module.startswith(EXEMPT_TARGET_PREFIXES)
 
 
 # --- threads started on behalf of another runner ------------------------------------

@@ -58,11 +58,43 @@ SCENARIOS: dict[str, tuple[int, tuple[str, ...]]] = {
     "plain_call": (5_000, ("bare",)),
     # `python -c pass`, bare and with CTXRELAY_ENABLED=1 (counted once each)
     "startup": (1, ("bare", "enabled")),
+    # relay.capture() (a hop's copy) in a context of 10 / 1,000 variables: nothing to
+    # leave behind, CTXRELAY_SKIP_VARS naming nothing present, one variable skipped by
+    # name, the same one skipped by `module:attribute`
+    "capture_10": (2_000, ("bare", "no_match", "by_name", "by_path")),
+    "capture_1000": (2_000, ("bare", "no_match", "by_name", "by_path")),
 }
+
+
+def _capture(config: str, size: int, n: int) -> None:
+    import types
+    from contextvars import Context, ContextVar
+
+    import ctxrelay
+    from ctxrelay import relay
+
+    context = Context()
+    variables = [ContextVar(f"bench_var_{i}", default=None) for i in range(size)]
+    for var in variables:
+        context.run(var.set, 1)
+    module = types.ModuleType("bench_skip_vars")
+    module.VAR = variables[0]  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    skip = {"bare": [], "no_match": ["bench_no_such_var"], "by_name": ["bench_var_0"]}
+    ctxrelay.instrument(
+        spans=False, listener_spans=False, skip_vars=skip.get(config, ["bench_skip_vars:VAR"])
+    )
+    context.run(relay.capture)  # the first pass (names read once) before counting
+    for _ in range(n):
+        context.run(relay.capture)
+    os._exit(0)
 
 
 def _child(config: str, scenario: str, n: int) -> None:
     import threading
+
+    if scenario.startswith("capture_"):
+        _capture(config, int(scenario.split("_")[1]), n)
 
     from opentelemetry import context as otel_context
     from opentelemetry import trace
@@ -214,6 +246,14 @@ def _summary(results: dict[tuple[str, str], float]) -> None:
             f"startup: CTXRELAY_ENABLED=1 adds {enabled_start - bare_start:,.0f} instructions "
             f"({enabled_start:,.0f} vs {bare_start:,.0f} bare)"
         )
+    for scenario in ("capture_10", "capture_1000"):
+        bare = results.get((scenario, "bare"))
+        if bare is None:
+            continue
+        for config in ("no_match", "by_name", "by_path"):
+            value = results.get((scenario, config))
+            if value is not None:
+                print(f"{scenario}: CTXRELAY_SKIP_VARS {config} adds {value - bare:,.0f}")
     for scenario in ("pool_hop", "thread"):
         bare = results.get((scenario, "bare"))
         if bare is None:

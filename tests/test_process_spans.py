@@ -21,14 +21,6 @@ pytest.importorskip(
 from activation_support import CTXRELAY, base_env, run
 from otlp_receiver import Receiver, receiver
 
-#: Known bug, open: under start-up activation one worker hop span of the 12 is not
-#: exported since the start-up SIGTERM flush (bootstrap/sigterm.py) landed beside the
-#: carrier's worker flush.  Marked non-strict xfail until it is found and fixed.
-KNOWN_LOSS = (
-    "known bug: one worker hop span is not exported under start-up activation "
-    "(bootstrap/sigterm.py beside the carrier's worker flush)"
-)
-
 TESTS = Path(__file__).resolve().parent
 ENGINES = ["process_pool", "multiprocessing"]
 TASKS = 12  # per start method: a PPE task, a failing one, a Pool task, a Process
@@ -57,7 +49,6 @@ def _by_tag(report: dict) -> dict[str, dict]:
     return {task["tag"]: task for task in report["tasks"]}
 
 
-@pytest.mark.xfail(reason=KNOWN_LOSS, strict=False)
 @pytest.mark.parametrize("activation", ["run", "pth"], ids=["ctxrelay-run", "CTXRELAY_ENABLED=1"])
 def test_worker_spans_join_the_submitters_trace(otlp: Receiver, activation: str) -> None:
     otlp.clear()

@@ -555,9 +555,7 @@ class _AtExit:
             if getattr(trace.get_tracer_provider(), "force_flush", None) is None:
                 _die()  # no SDK here: nothing to flush
                 return
-            flusher = threading.Thread(target=flush, name="ctxrelay-flush", daemon=True)
-            flusher.start()
-            flusher.join(5.0)
+            flush()  # bounded; a SIGTERM landing inside it is deferred to its end
             _die()
 
         signal.signal(signal.SIGTERM, flush_then_die)
@@ -592,14 +590,20 @@ def defer_death_if_flushing() -> bool:
 
 
 def flush(timeout_millis: int = 5000) -> None:
-    """Export what this process's tracer provider still holds.  Never raises."""
+    """Export what this process's tracer provider still holds, bounded.  Never raises.
+
+    The export runs in a helper thread and the caller waits at most ``timeout_millis``:
+    the SDK's batch processor does not bound its flush, and an export that never returns
+    (a collector that does not answer) must not keep a worker that a pool terminates
+    alive, SIGTERM deferred, for ever.
+    """
     global _flushing
     nested = _flushing
     _flushing = True
     try:
         force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
         if force_flush is not None:
-            force_flush(timeout_millis)
+            bounded(force_flush, timeout_millis)
     except Exception:  # pragma: no cover - defensive
         logger.debug("ctxrelay: flushing spans failed", exc_info=True)
     finally:
@@ -607,3 +611,28 @@ def flush(timeout_millis: int = 5000) -> None:
             _flushing = False
             if _die_after_flush:  # SIGTERM arrived during this flush: honour it now
                 _die()
+
+
+def bounded(force_flush: Callable[[int], Any], timeout_millis: int) -> bool:
+    """``force_flush(timeout_millis)`` in a helper thread; True if it ended in time.
+
+    The thread is started from an empty context: it records no hop span of its own (one
+    that would end after this flush, never to be exported).
+    """
+    import _thread
+
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            force_flush(timeout_millis)
+        except Exception:  # the process is ending: nothing to report to
+            pass
+        finally:
+            done.set()
+
+    try:
+        Context().run(_thread.start_new_thread, run, ())
+    except Exception:  # no thread at all (interpreter shutting down): flush here
+        run()
+    return done.wait(max(0.0, timeout_millis / 1000))

@@ -44,6 +44,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -398,17 +399,100 @@ def _install(provider: Any) -> None:
 
 
 # --- a batch processor whose thread starts with the first span ----------------------------
-class _LazyBatchProcessor(SpanProcessor):
-    """``BatchSpanProcessor(exporter)``, created when the first span ends.
+#: Longest a fork waits for an export in flight before it forks anyway (a healthy collector
+#: answers in milliseconds; a stuck one must not stop the application from forking).
+FORK_WAIT = 2.0
 
-    The SDK's processor starts its export thread at once and restarts it in every forked
-    child; until a span exists there is nothing for it to do.
+
+class _ForkSafeExporter:
+    """The exporter, called under a lock that :func:`os.fork` waits for.
+
+    An export runs in the batch processor's thread and takes other locks on its way: an
+    import's module lock (``requests`` imports ``netrc`` on its first request), the HTTP
+    connection pool's.  A child forked while one is held inherits it held, by a thread
+    that does not exist in the child: the child's first export blocks on it for ever, and
+    its spans are never exported.  So a fork waits (at most :data:`FORK_WAIT`) for the
+    export in flight to finish, and the child starts with no export half done.
+
+    Duck-typed as a ``SpanExporter``: importing the SDK's export module at start-up is
+    what the lazy processor below avoids.
     """
 
     def __init__(self, exporter: Any) -> None:
-        self._exporter = exporter
+        self.exporter = exporter
+        self.lock = threading.Lock()
+
+    def export(self, batch: Any) -> Any:
+        with self.lock:
+            return self.exporter.export(batch)
+
+    def shutdown(self, timeout_millis: float | None = None) -> Any:
+        import inspect
+
+        shutdown = self.exporter.shutdown
+        try:
+            takes_timeout = "timeout_millis" in inspect.signature(shutdown).parameters
+        except (TypeError, ValueError):  # a builtin without a signature
+            takes_timeout = False
+        if takes_timeout and timeout_millis is not None:
+            return shutdown(timeout_millis=timeout_millis)
+        return shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> Any:
+        force_flush = getattr(self.exporter, "force_flush", None)
+        return True if force_flush is None else force_flush(timeout_millis)
+
+    def __getattr__(self, name: str) -> Any:  # anything else an SDK version reads
+        return getattr(self.exporter, name)
+
+
+class _LazyBatchProcessor(SpanProcessor):
+    """``BatchSpanProcessor(exporter)``, created when the first span ends; safe to fork.
+
+    The SDK's processor starts its export thread at once and restarts it in every forked
+    child; until a span exists there is nothing for it to do.  Its exporter is wrapped in
+    :class:`_ForkSafeExporter`, and ``os.fork()`` waits for an export or a creation of
+    the processor in flight (both take import locks a child would inherit held).
+    """
+
+    def __init__(self, exporter: Any) -> None:
+        self._exporter = _ForkSafeExporter(exporter)
         self._inner: Any = None
         self._lock = threading.Lock()
+        self._held: list[Any] = []
+        if hasattr(os, "register_at_fork"):
+            import weakref
+
+            ref = weakref.ref(self)
+
+            def before() -> None:
+                processor = ref()
+                if processor is not None:
+                    processor._before_fork()
+
+            def after() -> None:
+                processor = ref()
+                if processor is not None:
+                    processor._after_fork()
+
+            os.register_at_fork(before=before, after_in_parent=after, after_in_child=after)
+
+    def _before_fork(self) -> None:
+        deadline = time.monotonic() + FORK_WAIT
+        for lock in (self._lock, self._exporter.lock):
+            try:
+                if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    self._held.append(lock)
+            except Exception:  # never stop a fork
+                pass
+
+    def _after_fork(self) -> None:
+        held, self._held = self._held, []
+        for lock in reversed(held):
+            try:
+                lock.release()
+            except Exception:  # pragma: no cover - released already
+                pass
 
     def _processor(self) -> Any:
         inner = self._inner
@@ -417,7 +501,8 @@ class _LazyBatchProcessor(SpanProcessor):
                 if self._inner is None:
                     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-                    self._inner = BatchSpanProcessor(self._exporter)
+                    exporter: Any = self._exporter  # a SpanExporter by duck typing
+                    self._inner = BatchSpanProcessor(exporter)
                 inner = self._inner
         return inner
 

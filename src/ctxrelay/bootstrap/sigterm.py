@@ -30,6 +30,7 @@ thread stuck for long inside one C call delays the flush, and the death, by that
 from __future__ import annotations
 
 import _thread
+import contextvars
 import os
 import signal
 import sys
@@ -99,7 +100,9 @@ def _flush() -> None:
             done.set()
 
     try:
-        _thread.start_new_thread(flush, ())
+        # Started from an empty context: the helper records no hop span of its own, one
+        # that would end after this flush and never be exported.
+        contextvars.Context().run(_thread.start_new_thread, flush, ())
     except Exception:  # no thread at all (interpreter shutting down): flush here
         flush()
     done.wait(FLUSH_TIMEOUT)

@@ -41,3 +41,16 @@ def fail(message):
 def collect(results):
     """A chord body: what each header task saw, plus what the body itself sees."""
     return {"header": results, "body": ps.seen("body")}
+
+
+@app.task(name="runs_counted")
+def runs_counted(path):
+    return ps.runs_counted(path)
+
+
+if os.environ.get("CTXRELAY_TEST_OTEL_CELERY") == "1":
+    # The worker side of tests/test_runner_celery_otel.py: OpenTelemetry's own Celery
+    # instrumentation, on in the worker process (prefork children inherit its receivers).
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    CeleryInstrumentor().instrument()

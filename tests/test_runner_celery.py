@@ -63,13 +63,16 @@ def _reset_vars():
 
 
 class Worker:
-    def __init__(self, redis: str, pool: str, otlp: Receiver, activated: bool, log: Path):
+    def __init__(
+        self, redis: str, pool: str, otlp: Receiver, activated: bool, log: Path, **extra: str
+    ):
         env = base_env(
             otlp.env(),
             PYTHONPATH=str(TESTS),
             CTXRELAY_TEST_REDIS=redis,
             OTEL_SERVICE_NAME="celery-worker",
             CTXRELAY_PROCESS_VARS=ps.ENV_DECLARED,
+            **extra,
         )
         if activated:
             env["CTXRELAY_ENABLED"] = "1"

@@ -93,13 +93,26 @@ def test_either_order_keeps_a_working_consistent_state(order, otel_threading) ->
     assert _state() == clean, "every class is left as it was"
 
 
-def test_both_on_give_one_hop_span_and_otel_context_in_the_worker(
-    exporter, tracer, otel_threading
+@pytest.mark.parametrize("first", ["otel", "ctx"])
+def test_both_on_give_one_hop_span_named_after_the_users_function(
+    exporter, tracer, otel_threading, first: str
 ) -> None:
-    otel_threading.instrument()
-    ctxrelay.instrument()
+    """OpenTelemetry's submit wrapper hands the pool a closure of its own (wrapped_func);
+    whichever tool is instrumented first, the one hop span is named after the user's
+    function.  That closure runs inside the hop and attaches the submitter's context
+    again, so the user's spans are the hop's siblings, not its children (documented)."""
+    steps = [otel_threading.instrument, ctxrelay.instrument]
+    for step in steps if first == "otel" else reversed(steps):
+        step()
+
+    def user_task() -> None:
+        tracer.start_span("inner").end()
+
     with tracer.start_as_current_span("root"), ThreadPoolExecutor(1) as pool:
-        pool.submit(lambda: tracer.start_span("inner").end()).result()
-    names = sorted(s.name for s in exporter.get_finished_spans())
-    # One hop span; OpenTelemetry's own submit wrapper hides the lambda's name.
-    assert [n.split()[0] for n in names] == ["ThreadPoolExecutor", "inner", "root"]
+        pool.submit(user_task).result()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert sorted(spans) == ["ThreadPoolExecutor user_task", "inner", "root"]
+    hop = spans["ThreadPoolExecutor user_task"]
+    assert hop.attributes["code.function.name"].endswith("user_task")
+    assert hop.parent.span_id == spans["root"].context.span_id
+    assert spans["inner"].parent.span_id == spans["root"].context.span_id

@@ -7,6 +7,7 @@ Nothing here reads settings or OpenTelemetry state: it is words only.
 from __future__ import annotations
 
 import functools
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -137,12 +138,47 @@ def short_name(fn: Any) -> str:
 # framework code (``CTXRELAY_DROP_HOPS``): the runner module that knows the helper
 # registers, by the helper's qualified name, what its hops are named after.
 _subjects: dict[str, Callable[..., Any]] = {}
+#: The same for closures another instrumentation hands a runner in place of the user's
+#: function (``module.qualname`` -> the closure variable holding the function it calls).
+_cells: dict[str, str] = {}
 
 
-def name_hops_after(helper: str, subject: Callable[..., Any]) -> None:
-    """Hops running ``helper(*args, **kwargs)`` (``module.qualname``) are named after
-    ``subject(*args, **kwargs)`` instead (when that returns something, not None)."""
-    _subjects[helper] = subject
+def name_hops_after(
+    helper: str, subject: Callable[..., Any] | None = None, *, cell: str | None = None
+) -> None:
+    """Hops running ``helper`` (``module.qualname``) are named after something else.
+
+    ``subject``: after ``subject(*args, **kwargs)`` of the call (when that returns
+    something, not None).  ``cell``: ``helper`` is a closure that calls a function it
+    holds in that variable (a wrapper another tool put around the user's function);
+    hops are named after that function.
+    """
+    if subject is not None:
+        _subjects[helper] = subject
+    if cell is not None:
+        _cells[helper] = cell
+
+
+def through_closures(fn: Any) -> Any:
+    """``fn``, or the function inside it when ``fn`` is a registered wrapper closure.
+
+    Asked for every recorded hop: a function without a closure costs three checks.
+    Never raises.
+    """
+    for _ in range(4):  # wrappers of wrappers, within reason
+        if not _cells or type(fn) is not types.FunctionType or fn.__closure__ is None:
+            return fn
+        try:
+            cell = _cells.get(f"{fn.__module__}.{fn.__qualname__}")
+            if cell is None:
+                return fn
+            inner = fn.__closure__[fn.__code__.co_freevars.index(cell)].cell_contents
+        except Exception:  # not the shape it was registered with: keep the name it has
+            return fn
+        if not callable(inner):
+            return fn
+        fn = inner
+    return fn
 
 
 def subject_of(fn: Any, args: tuple[Any, ...] = ()) -> Any:

@@ -14,6 +14,13 @@ with one that calls the previous one (ctxrelay's wrapper) with its own startup o
 instead of the thread's ``_bootstrap`` (read in debugpy 1.8.22's vendored pydevd), so
 ctxrelay no longer recognises the thread.  ``patch_thread_module`` is wrapped here to
 wrap, in turn, what it installed.
+
+OpenTelemetry's threading instrumentor (``opentelemetry-instrument`` turns it on beside
+ctxrelay) hands ``ThreadPoolExecutor.submit`` a closure of its own, ``wrapped_func``,
+that attaches the submitter's OpenTelemetry context and calls the user's function (read
+in opentelemetry-instrumentation-threading 0.66b1).  When its wrapper is outside
+ctxrelay's, the pool hop would be named after that closure: it is named after the
+function the closure holds instead.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import sys
 from typing import Any
 
-from ctxrelay import imports, patching
+from ctxrelay import attributes, imports, patching
 
 __all__ = ["watch"]
 
@@ -31,6 +38,12 @@ logger = logging.getLogger("ctxrelay")
 _GEVENT_EVENTS = "gevent.events"
 _THREAD_MODULES = ("thread", "threading", "_thread")
 _PYDEVD = "_pydev_bundle.pydev_monkey"
+
+attributes.name_hops_after(
+    "opentelemetry.instrumentation.threading."
+    "ThreadingInstrumentor.__wrap_thread_pool_submit.<locals>.wrapped_func",
+    cell="original_func",
+)
 
 
 def watch(runner: str) -> None:

@@ -40,6 +40,7 @@ from ctxrelay.attributes import (
     THREAD_NAME,
     callable_name,
     short_name,
+    through_closures,
 )
 from ctxrelay.otel_fast import parent_allows
 from ctxrelay.version import __version__
@@ -271,6 +272,7 @@ def start_hop(hop: Hop, fn: Any, context_vars: int, thread_name: str) -> tuple[S
     create and register a dummy thread object.
     """
     now_ns = time.perf_counter_ns()
+    fn = through_closures(fn)
     qualified = callable_name(fn)
     # The one place a hop is dropped by what it runs (CTXRELAY_DROP_HOPS): here, not in
     # admit(), because only now is the function known for every runner (a thread's

@@ -101,8 +101,9 @@ def test_without_ctxrelay_the_listeners_are_lost_and_with_it_they_are_there() ->
 
 
 def _skeleton(tree: str) -> list[str]:
-    """A tree's lines but its header, every figure (durations, waits, thread numbers) as #."""
-    return [re.sub(r"\d+(\.\d+)?", "#", line) for line in tree.strip().splitlines()[1:]]
+    """A tree's lines but its header, every figure (durations with their unit, ms or s
+    as the run was quick or slow; waits; thread numbers) as #."""
+    return [re.sub(r"\d+(\.\d+)?( m?s\b)?", "#", line) for line in tree.strip().splitlines()[1:]]
 
 
 def _documented_demo_tree() -> str:

@@ -456,6 +456,14 @@ if os.environ.get("APP_INSTRUMENT") == "1":
     ctxrelay.instrument()
 if os.environ.get("APP_HANDLER") == "1":
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(4))
+if os.environ.get("APP_FILL_STDERR") == "1":  # a pipe that nobody reads, already full
+    os.set_blocking(2, False)
+    try:
+        while True:
+            os.write(2, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(2, True)
 
 stop = threading.Event()
 worker = threading.Thread(target=stop.wait, name="server-loop", daemon=True)
@@ -513,6 +521,32 @@ def test_sigterm_still_writes_the_report_and_dies_of_sigterm(tmp_path: Path) -> 
     _exactly(report, _TOP, "report")
     assert report["ended_by"] == "SIGTERM"
     assert [pin["call_site"] for pin in report["pinned"]] == [where]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX")
+def test_sigterm_dies_even_when_stderr_takes_no_report(tmp_path: Path) -> None:
+    """stderr a full pipe nobody reads: the report's write gives up, death still comes."""
+    (tmp_path / "server.py").write_text(SIGTERM_APP, encoding="utf-8")
+
+    def terminated(args: list[str]) -> int:
+        proc = subprocess.Popen(
+            args,
+            env=_env(APP_FILL_STDERR="1"),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == b"READY\n"
+            proc.send_signal(signal.SIGTERM)
+            return proc.wait(timeout=TIMEOUT)  # stderr is never read
+        finally:
+            proc.kill()
+            proc.communicate()
+
+    bare = terminated([sys.executable, "server.py"])
+    doctor = terminated([str(CTXRELAY), "doctor", "python", "server.py"])
+    assert bare == doctor == -signal.SIGTERM
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX")

@@ -145,3 +145,74 @@ def test_pool_terminate_ends_a_worker_whose_exporter_never_answers(tmp_path: Pat
     for label, report in reports.items():
         assert all(code in (0, -15) for code in report["exit"]), (label, report)
     assert reports["on"]["request_id"] == "r-1"  # activated: the task was carried
+
+
+# ctxrelay's own export lock, in the two cases where waiting for it must not happen.
+# "stuck": the parent's export outlasts the fork's wait (a collector that never
+# answers); the child must not inherit that lock held.  "inside": the exporter itself
+# forks (it runs a subprocess) while it holds the lock; the fork must not wait for it.
+OWN_LOCK = """\
+import os, sys, threading
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from ctxrelay import sdk
+sdk.FORK_WAIT = 0.2 if sys.argv[1] == "stuck" else 600.0  # "inside" would hang on it
+
+class Exporter(SpanExporter):
+    def __init__(self):
+        self.started, self.release, self.names, self.forked = (
+            threading.Event(), threading.Event(), [], None)
+    def export(self, spans):
+        self.names.extend(s.name for s in spans)
+        if sys.argv[1] == "inside" and self.forked is None:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            self.forked = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        elif sys.argv[1] == "stuck" and "parent" in self.names and "child" not in self.names:
+            self.started.set()
+            self.release.wait(30)
+        return SpanExportResult.SUCCESS
+    def shutdown(self):
+        pass
+
+exporter = Exporter()
+processor = sdk._LazyBatchProcessor(exporter)
+provider = TracerProvider()
+provider.add_span_processor(processor)
+tracer = provider.get_tracer("t")
+with tracer.start_as_current_span("parent"):
+    pass
+if sys.argv[1] == "inside":
+    provider.force_flush()
+    print("PARENT forked_in_export", exporter.forked, flush=True)
+    sys.exit(0)
+threading.Thread(target=provider.force_flush, daemon=True).start()
+exporter.started.wait(10)
+pid = os.fork()  # the export is still in flight after the wait
+if pid == 0:
+    with tracer.start_as_current_span("child"):
+        pass
+    done = threading.Event()
+    threading.Thread(target=lambda: (provider.force_flush(), done.set()), daemon=True).start()
+    exported = done.wait(10) and "child" in exporter.names
+    os.write(1, f"CHILD exported={exported}\\n".encode())
+    os._exit(0)
+exporter.release.set()
+_, status = os.waitpid(pid, 0)
+print("PARENT child_exit", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+@pytest.mark.parametrize("case", ["stuck", "inside"])
+def test_the_fork_wait_never_leaves_its_own_lock_behind(tmp_path: Path, case: str) -> None:
+    script = tmp_path / "own_lock.py"
+    script.write_text(OWN_LOCK)
+    result = run([sys.executable, str(script), case], base_env(), tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    if case == "stuck":
+        assert "PARENT child_exit 0" in result.stdout, output
+        assert "CHILD exported=True" in result.stdout, output
+    else:
+        assert "PARENT forked_in_export 0" in result.stdout, output

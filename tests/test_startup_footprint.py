@@ -57,6 +57,14 @@ USE = """\
 import json, sys
 import wrapt
 out = {"asyncio_loaded_before": "asyncio" in sys.modules}
+from unittest import mock  # (it imports asyncio)
+# A test double patched in through the dependency's own name for a deferred module,
+# before anything used it (mock.patch sets the attribute on what that name holds).
+import opentelemetry.sdk.resources as resources
+with mock.patch("opentelemetry.sdk.resources.socket.gethostname", return_value="double"):
+    out["patched_host"] = resources._HostResourceDetector().detect().attributes["host.name"]
+import socket
+out["host_restored"] = socket.gethostname() != "double"
 
 @wrapt.synchronized
 def locked():
@@ -94,6 +102,7 @@ def test_deferred_modules_work_when_used(tmp_path: Path, enabled: bool) -> None:
     (line,) = [x for x in result.stdout.splitlines() if x.startswith("OUT ")]
     out = json.loads(line[4:])
     assert out["sync"] == "locked"
+    assert out["patched_host"] == "double" and out["host_restored"]
     assert out["async_to_sync"] == out["app_asyncio"] == 42
     assert out["same_asyncio"] and out["same_metadata"]
     if isinstance(out["process_attrs"], list):

@@ -59,13 +59,30 @@ class _OnFirstUse:
         self._bound = bound  # what it returns: the top-level package (or the module)
         self._globals = namespace
 
-    def __getattr__(self, attr: str) -> Any:
+    def _real(self) -> Any:
         importlib.import_module(self._name)
         real = sys.modules[self._bound]
         for key, value in list(self._globals.items()):
             if value is self:  # from now on that module sees the real one
                 self._globals[key] = real
-        return getattr(real, attr)
+        return real
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._real(), attr)
+
+    # What a test's mock.patch("pkg.module.socket.gethostname") or monkeypatch does
+    # through the dependency's name for the module reaches the real module.
+    def __setattr__(self, attr: str, value: Any) -> None:
+        if attr in _OnFirstUse.__slots__:
+            object.__setattr__(self, attr, value)
+        else:
+            setattr(self._real(), attr, value)
+
+    def __delattr__(self, attr: str) -> None:
+        delattr(self._real(), attr)
+
+    def __dir__(self) -> list[str]:
+        return dir(self._real())
 
     def __repr__(self) -> str:
         return f"<{self._name}, imported on first use (ctxrelay.lean_imports)>"

@@ -421,10 +421,17 @@ class _ForkSafeExporter:
     def __init__(self, exporter: Any) -> None:
         self.exporter = exporter
         self.lock = threading.Lock()
+        #: The thread exporting now: a fork from inside the export (an exporter that runs
+        #: a subprocess) must not wait for the lock its own thread holds.
+        self.owner: int | None = None
 
     def export(self, batch: Any) -> Any:
         with self.lock:
-            return self.exporter.export(batch)
+            self.owner = threading.get_ident()
+            try:
+                return self.exporter.export(batch)
+            finally:
+                self.owner = None
 
     def shutdown(self, timeout_millis: float | None = None) -> Any:
         import inspect
@@ -475,11 +482,25 @@ class _LazyBatchProcessor(SpanProcessor):
                 if processor is not None:
                     processor._after_fork()
 
-            os.register_at_fork(before=before, after_in_parent=after, after_in_child=after)
+            def in_child() -> None:
+                processor = ref()
+                if processor is not None:
+                    processor._after_fork_in_child()
+
+            os.register_at_fork(before=before, after_in_parent=after, after_in_child=in_child)
 
     def _before_fork(self) -> None:
         deadline = time.monotonic() + FORK_WAIT
-        for lock in (self._lock, self._exporter.lock):
+        exporter = self._exporter
+        waited = (
+            (self._lock,)
+            if exporter.owner == threading.get_ident()
+            else (
+                self._lock,
+                exporter.lock,
+            )
+        )
+        for lock in waited:
             try:
                 if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                     self._held.append(lock)
@@ -493,6 +514,14 @@ class _LazyBatchProcessor(SpanProcessor):
                 lock.release()
             except Exception:  # pragma: no cover - released already
                 pass
+
+    def _after_fork_in_child(self) -> None:
+        # A lock the wait gave up on (an export stuck past FORK_WAIT) is held by a thread
+        # the child does not have: the child gets fresh ones, never a lock held for ever.
+        self._held = []
+        self._lock = threading.Lock()
+        self._exporter.lock = threading.Lock()
+        self._exporter.owner = None
 
     def _processor(self) -> Any:
         inner = self._inner

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -304,20 +305,44 @@ def meta(
     }
 
 
+#: Longest the report waits, in a SIGTERM handler, for stderr to take it (seconds).
+UNBUFFERED_WAIT = 1.0
+
+
+def _write_bounded(fd: int, data: bytes, wait: float) -> None:
+    """``os.write`` all of ``data`` unless ``fd`` stays full for ``wait`` seconds.
+
+    Pieces of at most ``PIPE_BUF`` bytes, each once ``select`` says ``fd`` can take one:
+    a write that small to a pipe with room never blocks.
+    """
+    import select
+
+    deadline = time.monotonic() + wait
+    piece = getattr(select, "PIPE_BUF", 512)
+    while data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        _, ready, _ = select.select([], [fd], [], left)
+        if not ready:
+            return
+        data = data[os.write(fd, data[:piece]) :]
+
+
 def write(report: dict[str, Any], output: str, *, unbuffered: bool = False) -> None:
     """``output`` is ``"stderr"`` or a JSON file path (``{pid}`` replaced by the pid).
 
     ``unbuffered``: in a signal handler, stderr is written with ``os.write``: the main
     thread it interrupted may be inside a write to ``sys.stderr``, whose lock is not
-    reentrant.
+    reentrant.  That write is bounded (:data:`UNBUFFERED_WAIT`): stderr may be a pipe
+    nobody reads, and the process must still die of its SIGTERM.
     """
     if output == "stderr":
         stream = sys.stderr
         if unbuffered:
             fd = stream.fileno() if stream is not None else 2
             data = render(report).encode(getattr(stream, "encoding", None) or "utf-8", "replace")
-            while data:
-                data = data[os.write(fd, data) :]
+            _write_bounded(fd, data, UNBUFFERED_WAIT)
         elif stream is not None:
             stream.write(render(report))
             stream.flush()

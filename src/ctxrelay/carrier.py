@@ -540,12 +540,17 @@ class _AtExit:
             return  # not a multiprocessing child: the application owns its signals
         if threading.current_thread() is not threading.main_thread():
             return
+        from ctxrelay.bootstrap import sigterm
+
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            sigterm.route_inherited()  # the start-up handler, inherited by a fork
             return  # someone handles SIGTERM already: leave it to them
         if getattr(trace.get_tracer_provider(), "force_flush", None) is None:
             return  # no SDK in this process: nothing to flush, SIGTERM stays the kernel's
 
         def flush_then_die(signum: int, frame: Any) -> None:
+            if sigterm.began():
+                return  # the same SIGTERM, sent on to the main thread
             # The handler interrupts the main thread anywhere, a flush of its own
             # included (a pool terminates workers that are already exiting): the
             # exporter's locks are not reentrant, so never flush from inside one.
@@ -559,6 +564,7 @@ class _AtExit:
             _die()
 
         signal.signal(signal.SIGTERM, flush_then_die)
+        sigterm.route_to_main_thread(flush_then_die)
 
 
 def _die() -> None:

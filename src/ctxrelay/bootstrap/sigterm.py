@@ -94,8 +94,10 @@ def install() -> bool:
         return False
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return False  # ignored, or someone else's: leave it
+    # Not routed here (route_to_main_thread): its reader thread would make every
+    # activated process multi-threaded (3.12+ warns at each os.fork()).  A pool worker,
+    # which has threads anyway, routes on its first task (route_inherited).
     signal.signal(signal.SIGTERM, _on_sigterm)
-    route_to_main_thread(_on_sigterm)
     return True
 
 

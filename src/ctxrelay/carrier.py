@@ -607,9 +607,9 @@ def flush(timeout_millis: int = 5000) -> None:
     nested = _flushing
     _flushing = True
     try:
-        force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
-        if force_flush is not None:
-            bounded(force_flush, timeout_millis)
+        from ctxrelay.bootstrap import sigterm
+
+        sigterm.flush_bounded(timeout_millis / 1000)
     except Exception:  # pragma: no cover - defensive
         logger.debug("ctxrelay: flushing spans failed", exc_info=True)
     finally:
@@ -617,28 +617,3 @@ def flush(timeout_millis: int = 5000) -> None:
             _flushing = False
             if _die_after_flush:  # SIGTERM arrived during this flush: honour it now
                 _die()
-
-
-def bounded(force_flush: Callable[[int], Any], timeout_millis: int) -> bool:
-    """``force_flush(timeout_millis)`` in a helper thread; True if it ended in time.
-
-    The thread is started from an empty context: it records no hop span of its own (one
-    that would end after this flush, never to be exported).
-    """
-    import _thread
-
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            force_flush(timeout_millis)
-        except Exception:  # the process is ending: nothing to report to
-            pass
-        finally:
-            done.set()
-
-    try:
-        Context().run(_thread.start_new_thread, run, ())
-    except Exception:  # no thread at all (interpreter shutting down): flush here
-        run()
-    return done.wait(max(0.0, timeout_millis / 1000))

@@ -101,8 +101,12 @@ def install() -> bool:
     return True
 
 
-def _flush() -> None:
-    """Flush the global provider, in a helper thread so that a stuck exporter is bounded."""
+def flush_bounded(timeout: float = FLUSH_TIMEOUT) -> bool:
+    """Flush the global provider in a helper thread; True if it ended within ``timeout`` s.
+
+    The SDK's batch processor does not bound its flush: an export that never returns (a
+    collector that does not answer) must not keep a dying process alive.  Never raises.
+    """
     done = threading.Event()
 
     def flush() -> None:
@@ -111,7 +115,7 @@ def _flush() -> None:
 
             force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
             if force_flush is not None:
-                force_flush(int(FLUSH_TIMEOUT * 1000))
+                force_flush(int(timeout * 1000))
         except Exception:  # the process is ending: nothing to report to
             pass
         finally:
@@ -123,7 +127,7 @@ def _flush() -> None:
         contextvars.Context().run(_thread.start_new_thread, flush, ())
     except Exception:  # no thread at all (interpreter shutting down): flush here
         flush()
-    done.wait(FLUSH_TIMEOUT)
+    return done.wait(max(0.0, timeout))
 
 
 #: Set once a ctxrelay SIGTERM handler has begun in this process.
@@ -227,12 +231,12 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     if carrier is not None and carrier.defer_death_if_flushing():
         return
     if signal.getsignal(signum) is not _on_sigterm:
-        _flush()
+        flush_bounded()
         return  # chained to by the handler in force: that one decides
     if began():
         return
     # First the doctor's report (milliseconds), then the flush (up to FLUSH_TIMEOUT):
     # an orchestrator's patience is bounded.
     _run_before_death()
-    _flush()
+    flush_bounded()
     die(signum)

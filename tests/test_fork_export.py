@@ -28,6 +28,24 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 TESTS = Path(__file__).resolve().parent
 
+# The scripts' end: the forked child ends a span and flushes (bounded); the parent
+# reports the child's exit status.
+_CHILD_EXPORTS = """\
+if pid == 0:
+    with tracer.start_as_current_span("child"):
+        pass
+    done = threading.Event()
+    threading.Thread(target=lambda: (provider.force_flush(), done.set()), daemon=True).start()
+    exported = done.wait(10) and "child" in exporter.names
+    os.write(1, f"CHILD exported={exported}\\n".encode())
+    os._exit(0)
+"""
+_PARENT_REPORTS = """\
+_, status = os.waitpid(pid, 0)
+print("PARENT child_exit", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
 # The parent's export holds a lock of the exporter's own (as an import or a connection
 # pool does) while the main thread forks; the child then ends a span and flushes.
 FORK_IN_EXPORT = """\
@@ -66,17 +84,8 @@ if sys.argv[1] != "sdk":
     flusher.start()
 exporter.started.wait(10)
 pid = os.fork()
-if pid == 0:
-    with tracer.start_as_current_span("child"):
-        pass
-    done = threading.Event()
-    threading.Thread(target=lambda: (provider.force_flush(), done.set()), daemon=True).start()
-    exported = done.wait(10) and "child" in exporter.names
-    os.write(1, f"CHILD exported={exported}\\n".encode())
-    os._exit(0)
-_, status = os.waitpid(pid, 0)
-print("PARENT child_exit", os.waitstatus_to_exitcode(status), flush=True)
 """
+FORK_IN_EXPORT += _CHILD_EXPORTS + _PARENT_REPORTS
 
 
 @pytest.mark.parametrize("processor", ["sdk", "ctxrelay"])
@@ -190,18 +199,8 @@ if sys.argv[1] == "inside":
 threading.Thread(target=provider.force_flush, daemon=True).start()
 exporter.started.wait(10)
 pid = os.fork()  # the export is still in flight after the wait
-if pid == 0:
-    with tracer.start_as_current_span("child"):
-        pass
-    done = threading.Event()
-    threading.Thread(target=lambda: (provider.force_flush(), done.set()), daemon=True).start()
-    exported = done.wait(10) and "child" in exporter.names
-    os.write(1, f"CHILD exported={exported}\\n".encode())
-    os._exit(0)
-exporter.release.set()
-_, status = os.waitpid(pid, 0)
-print("PARENT child_exit", os.waitstatus_to_exitcode(status), flush=True)
 """
+OWN_LOCK += _CHILD_EXPORTS + "exporter.release.set()\n" + _PARENT_REPORTS
 
 
 @pytest.mark.parametrize("case", ["stuck", "inside"])

@@ -93,3 +93,22 @@ def run_as(values: tuple[str | None, str | None, str | None], fn: Any, *args: An
 def reset_all() -> None:
     """Back to the defaults' value (a test's ``set`` would otherwise outlive it)."""
     set_all("-", "-", "-")
+
+
+def remote_frames(exc: BaseException) -> list[str]:
+    """The worker-side traceback a process pool attached to ``exc``: its ``File`` lines.
+
+    ``ProcessPoolExecutor`` and ``multiprocessing.Pool`` format it on the worker and
+    chain it as ``__cause__``; what the caller reads must not gain ctxrelay's frames.
+    """
+    text = str(getattr(exc.__cause__, "tb", exc.__cause__))
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("File ")]
+
+
+def without_tolerated_frame(frames: list[str]) -> list[str]:
+    """3.10 keeps the one frame that re-raises (``Task.__call__``); 3.11+ keeps none."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        return frames
+    return [f for f in frames if not ("ctxrelay" in f and "carrier.py" in f and "__call__" in f)]

@@ -93,11 +93,14 @@ def test_pool_result_exception_unchanged(method: str) -> None:
         with multiprocessing.get_context(method).Pool(1) as pool:
             with pytest.raises(ValueError) as failure:
                 pool.apply(ps.fail, ("boom",))
-            return type(failure.value), str(failure.value), pool.map(len, ["ab", "c"])
+            frames = ps.without_tolerated_frame(ps.remote_frames(failure.value))
+            return type(failure.value), str(failure.value), pool.map(len, ["ab", "c"]), frames
 
     bare = run()
+    assert any("in fail" in frame for frame in bare[-1])
     ctxrelay.instrument(process_vars=ps.DECLARED)
-    assert run() == bare == (ValueError, "boom", [2, 1])
+    assert run() == bare  # the worker's traceback lists the same frames, none of ours
+    assert bare[:-1] == (ValueError, "boom", [2, 1])
 
 
 def _process_sees(method: str) -> dict:

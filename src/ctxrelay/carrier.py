@@ -50,7 +50,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
-from ctxrelay import spans
+from ctxrelay import frames, spans
 from ctxrelay.version import __version__
 
 __all__ = [
@@ -487,7 +487,13 @@ class Task:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         at_exit.ensure()
-        return run(self.carrier, self.fn, args, kwargs, fresh=self.fresh)
+        try:
+            return run(self.carrier, self.fn, args, kwargs, fresh=self.fresh)
+        except BaseException as exc:
+            # The engine formats this traceback on the worker (a process pool's remote
+            # traceback, Dask's): it lists the frames it lists without ctxrelay.
+            frames.hide_own_frames(exc)
+            raise
 
     def __repr__(self) -> str:
         return f"<ctxrelay.carrier.Task {self.fn!r}>"
@@ -502,6 +508,9 @@ class Task:
         from dask.base import normalize_token
 
         return ("ctxrelay.carrier.Task", normalize_token(self.fn))
+
+
+frames.own_frames(Task.__call__, run, _run_inside)
 
 
 class _AtExit:

@@ -10,6 +10,11 @@ start-up activation in their environment (``CTXRELAY_ENABLED=1``, the ``OTEL_*``
 real OTLP receiver), so each worker configures the SDK and exports; ``Client.submit``
 and ``Client.map`` tasks each export one ``dask`` hop span from the worker process, a
 child of the span current at submit, ERROR for the failing task.
+
+Graphs (``dask.compute()`` of delayed objects, ``Client.compute``, ``Client.persist``)
+carry the values through a task annotation, which the worker enters only where ctxrelay
+is active: the activated cluster's tasks see them; the first cluster's workers are not
+activated and run those tasks as before, without them.
 """
 
 from __future__ import annotations
@@ -99,6 +104,19 @@ def test_dask_carries_declared_values_and_trace(client, tracer) -> None:
     assert out["next"]["trace_id"] is None
 
 
+def test_graphs_reach_unactivated_workers_unchanged(client, tracer) -> None:
+    """The documented limit: a worker without ctxrelay runs an annotated graph as before."""
+    import dask
+
+    ctxrelay.instrument(process_vars=ps.DECLARED)
+    with tracer.start_as_current_span("compute"):
+        ps.set_all("r-2", "t-2", "s-2")
+        (computed,) = dask.compute(dask.delayed(ps.seen)("delayed"))
+        with pytest.raises(ValueError, match="boom"):
+            dask.delayed(ps.fail)("boom").compute()
+    assert (computed["tag"], computed["request_id"], computed["tenant"]) == ("delayed", "-", "-")
+
+
 def test_pure_tasks_keep_their_key(client) -> None:
     """Pure tasks: the same call is one key, however the submitters' values differ."""
     ps.set_all("r-1", "t-1", "s-1")
@@ -140,6 +158,8 @@ def activated(otlp):
 
 
 def _spans_round(client, tracer, tag: str) -> dict:
+    import dask
+
     out = {}
     with tracer.start_as_current_span("submit") as span:
         ps.set_all("r-1", "t-1", "s-1")
@@ -147,10 +167,25 @@ def _spans_round(client, tracer, tag: str) -> dict:
         out["map"] = client.gather(client.map(ps.seen, [f"{tag}-m1", f"{tag}-m2"], pure=False))
         with pytest.raises(ValueError, match="boom"):
             client.submit(ps.fail, "boom", pure=False).result(TIMEOUT)
+        # Graphs: dask.compute (Client.get), Client.compute, Client.persist.
+        (out["delayed"],) = dask.compute(dask.delayed(ps.seen)(f"{tag}-delayed"))
+        out["compute"] = client.compute(dask.delayed(ps.seen)(f"{tag}-compute")).result(TIMEOUT)
+        out["persist"] = client.persist(dask.delayed(ps.seen)(f"{tag}-persist")).compute()
+        with pytest.raises(ValueError, match="graph boom"):
+            dask.delayed(ps.fail)("graph boom").compute()
         context = span.get_span_context()
     out["trace_id"] = format(context.trace_id, "032x")
     out["span_id"] = format(context.span_id, "016x")
+    ps.reset_all()
+    (out["next"],) = dask.compute(dask.delayed(ps.seen)(f"{tag}-next"))
     return out
+
+
+_CARRIED = ("submit", "map", "delayed", "compute", "persist")
+
+
+def _seen_of(out: dict) -> list[dict]:
+    return [seen for name in _CARRIED for seen in (out[name] if name == "map" else [out[name]])]
 
 
 def _dask_hops(spans: list[dict]) -> list[dict]:
@@ -162,32 +197,35 @@ def test_dask_worker_hop_spans_are_exported_in_the_submitters_trace(
 ) -> None:
     otlp.clear()
     bare = _spans_round(activated, tracer, "bare")
-    assert [seen["request_id"] for seen in (bare["submit"], *bare["map"])] == ["-"] * 3
+    assert [seen["request_id"] for seen in _seen_of(bare)] == ["-"] * 6
+    assert {seen["trace_id"] for seen in _seen_of(bare)} == {None}
     assert _dask_hops(otlp.wait_for(1, timeout=2, where=lambda s: bool(_dask_hops([s])))) == []
 
     ctxrelay.instrument(process_vars=ps.DECLARED)
     out = _spans_round(activated, tracer, "carried")
-    for seen in (out["submit"], *out["map"]):
-        assert (seen["request_id"], seen["tenant"], seen["secret"]) == ("r-1", "t-1", "-")
-        assert seen["trace_id"] == out["trace_id"]
+    for seen in _seen_of(out):
+        assert (seen["request_id"], seen["tenant"], seen["secret"]) == ("r-1", "t-1", "-"), seen
+        assert seen["trace_id"] == out["trace_id"], seen
+    assert [seen["tag"] for seen in _seen_of(out)][-3:] == [
+        "carried-delayed",
+        "carried-compute",
+        "carried-persist",
+    ]
+    # The worker is left as it was: the next graph, computed with nothing set, sees nothing.
+    assert (out["next"]["request_id"], out["next"]["tenant"], out["next"]["trace_id"]) == (
+        "-",
+        "-",
+        None,
+    )
 
-    # submit, two map items, the failing task: one hop each, exported by the worker.
-    hops = _dask_hops(otlp.wait_for(4, timeout=TIMEOUT, where=lambda s: bool(_dask_hops([s]))))
-    assert sorted(h["name"] for h in hops) == ["dask fail", "dask seen", "dask seen", "dask seen"]
+    # One hop each: submit, two map items, a failing task, three graphs, a failing graph.
+    hops = _dask_hops(otlp.wait_for(8, timeout=TIMEOUT, where=lambda s: bool(_dask_hops([s]))))
+    assert sorted(h["name"] for h in hops) == ["dask fail"] * 2 + ["dask seen"] * 6
     assert {h["trace_id"] for h in hops} == {out["trace_id"]}
     assert {h["parent_id"] for h in hops} == {out["span_id"]}
-    assert [h["name"] for h in hops if h["status"] == 2] == ["dask fail"]
-    workers = {seen["pid"] for seen in (out["submit"], *out["map"])}
+    assert [h["name"] for h in hops if h["status"] == 2] == ["dask fail"] * 2
+    workers = {seen["pid"] for seen in _seen_of(out)}
     assert {h["attributes"]["process.pid"] for h in hops} == workers
     assert all(h["attributes"]["ctxrelay.origin.process.pid"] == os.getpid() for h in hops)
     assert all(h["resource"]["service.name"] == "dask-worker" for h in hops)
     assert os.environ.get("CTXRELAY_ENABLED") is None  # this process was never activated
-
-    # The documented limit: compute() of a delayed object carries nothing (the graph goes
-    # to the scheduler as an expression; no callable passes through submit/map).
-    import dask
-
-    with tracer.start_as_current_span("compute"):
-        ps.set_all("r-2", "t-2", "s-2")
-        (computed,) = dask.compute(dask.delayed(ps.seen)("delayed"))
-    assert (computed["request_id"], computed["tenant"]) == ("-", "-")

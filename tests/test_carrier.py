@@ -104,3 +104,38 @@ def test_carrier_is_plain_data() -> None:
     found = carrier.capture("test")
     assert found["vars"] == {"process_support:REQUEST_ID": "r", "process_support:TENANT": "t"}
     assert "unset" not in found
+
+
+def test_the_trace_headers_are_what_the_propagator_injects(tracer) -> None:
+    """Without a span or baggage the default propagators inject nothing (and are not
+    asked); a propagator of the user's is always asked, span or not."""
+    from opentelemetry import baggage, propagate
+    from opentelemetry import context as otel_context
+
+    class StaticHeader:  # a user's propagator that injects from outside the context
+        fields = frozenset({"x-static"})
+
+        def inject(self, carrier_, context=None, setter=None) -> None:
+            carrier_["x-static"] = "1"
+
+        def extract(self, carrier_, context=None, getter=None):
+            return context or otel_context.get_current()
+
+    assert "trace" not in carrier.capture("test")
+    with tracer.start_as_current_span("parent") as span:
+        headers = carrier.capture("test")["trace"]
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    assert headers["traceparent"].split("-")[1] == trace_id
+    token = otel_context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        assert carrier.capture("test")["trace"] == {"baggage": "tenant=acme"}
+    finally:
+        otel_context.detach(token)
+
+    default = propagate.get_global_textmap()
+    propagate.set_global_textmap(StaticHeader())  # type: ignore[arg-type]
+    try:
+        assert carrier.capture("test")["trace"] == {"x-static": "1"}
+    finally:
+        propagate.set_global_textmap(default)
+    assert "trace" not in carrier.capture("test")

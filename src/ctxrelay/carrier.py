@@ -258,7 +258,9 @@ def capture(
     """
     carrier: dict[str, Any] = {}
     try:
-        declared = _declared()
+        declared = _resolved
+        if declared is None:
+            declared = _declared()
         if declared:
             values: dict[str, Any] = {}
             unset: list[str] = []
@@ -270,7 +272,7 @@ def capture(
                     continue
                 try:
                     kind = type(value)  # the usual ids and tenants, without a call each
-                    if size is _pickled_size and kind in _TEXT:
+                    if kind is str and size is _pickled_size:
                         total += len(value) + 8
                     else:
                         total += size(value)
@@ -406,9 +408,10 @@ def _run_inside(
         headers = carrier.get("trace")
         if headers:
             otel_context.attach(propagate.extract(headers))
-        span = _start_hop(carrier, fn if named is None else named, None)
-        if span is not None:
-            otel_context.attach(trace.set_span_in_context(span))
+        if "hop" in carrier:
+            span = _start_hop(carrier, fn if named is None else named, None)
+            if span is not None:
+                otel_context.attach(trace.set_span_in_context(span))
     except Exception:  # pragma: no cover - defensive: the task runs
         logger.debug("ctxrelay: restoring a carrier failed", exc_info=True)
     # The context is this call's own and is dropped after it: no token needs resetting.
@@ -528,7 +531,8 @@ class Task:
         return (Task, (self.fn, self.carrier, self.fresh))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        at_exit.ensure()
+        if at_exit.pid != os.getpid():
+            at_exit.ensure()
         try:
             return run(self.carrier, self.fn, args, kwargs, fresh=self.fresh)
         except BaseException as exc:

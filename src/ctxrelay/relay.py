@@ -38,6 +38,7 @@ __all__ = [
     "Relayed",
     "bind",
     "capture",
+    "carried_task",
     "hand_over",
     "hand_over_carrier",
     "hide_own_frames",
@@ -329,6 +330,19 @@ def relayed_single_use(runner: str, fn: Callable[..., Any]) -> Callable[..., Any
         return fn
 
 
+#: :mod:`ctxrelay.carrier`, once the first hand-over leaves the process (an import
+#: statement per hand-over costs more than the rest of the capture's bookkeeping).
+_carrier: Any = None
+
+
+def _load_carrier() -> Any:
+    global _carrier
+    from ctxrelay import carrier
+
+    _carrier = carrier
+    return carrier
+
+
 def hand_over_carrier(runner: str, fn: Any, **options: Any) -> dict[str, Any]:
     """:func:`hand_over` for work that leaves the process: a carrier, not a Context.
 
@@ -338,10 +352,27 @@ def hand_over_carrier(runner: str, fn: Any, **options: Any) -> dict[str, Any]:
     :func:`hand_over`'s.  Imported lazily: the propagator set-up costs start-up time
     to processes that never cross a boundary.  May raise, like :func:`hand_over`.
     """
-    from ctxrelay import carrier
-
+    carrier = _carrier or _load_carrier()
     _, hop = hand_over(runner, fn, carry=False)
-    return carrier.capture(runner, hop=hop is not None, **options)
+    return carrier.capture(runner, hop=hop is not None, **options)  # type: ignore[no-any-return]
+
+
+def carried_task(runner: str, fn: Any, fresh: bool = True) -> Any:
+    """What a process runner pickles instead of ``fn``: a :class:`ctxrelay.carrier.Task`.
+
+    ``fn`` itself when there is nothing to carry, or when it already is one (an outer
+    patch took care of it).  ``fresh``: see :func:`ctxrelay.carrier.run`.  Never raises.
+    """
+    carrier = _carrier or _load_carrier()
+    if type(fn) is carrier.Task:
+        return fn
+    try:
+        _, hop = hand_over(runner, fn, carry=False)
+        found = carrier.capture(runner, hop=hop is not None)
+        return carrier.Task(fn, found, fresh) if found else fn
+    except Exception:
+        logger.debug("ctxrelay: hand-over failed; the work runs uncarried", exc_info=True)
+        return fn
 
 
 def _span_in_chosen_context(

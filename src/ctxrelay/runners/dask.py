@@ -39,19 +39,9 @@ ANNOTATION = "ctxrelay"
 
 def relay_func(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Around ``Client.submit(func, ...)`` / ``Client.map(func, ...)``, in the caller."""
-    # Imported here: the table imports this module at every activation (see process_pool).
-    from ctxrelay import carrier
-
-    if not args or type(args[0]) is carrier.Task or kwargs.get("actor") or kwargs.get("actors"):
+    if not args or kwargs.get("actor") or kwargs.get("actors"):
         return wrapped(*args, **kwargs)
-    fn = args[0]
-    try:
-        found = relay.hand_over_carrier(RUNNER, fn)
-        if found:
-            args = (carrier.Task(fn, found), *args[1:])
-    except Exception:  # pragma: no cover - defensive: submitted unchanged
-        pass
-    return wrapped(*args, **kwargs)
+    return wrapped(relay.carried_task(RUNNER, args[0]), *args[1:], **kwargs)
 
 
 def annotate_graph(

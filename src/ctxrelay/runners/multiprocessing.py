@@ -40,19 +40,6 @@ _ENGINE_MODULES: tuple[str, ...] = (
 )
 
 
-def _carried(runner: str, fn: Any, fresh: bool = True) -> Any:
-    # Imported here: the table imports this module at every activation (see process_pool).
-    from ctxrelay import carrier
-
-    if type(fn) is carrier.Task:
-        return fn
-    try:
-        found = relay.hand_over_carrier(runner, fn)
-        return carrier.Task(fn, found, fresh) if found else fn
-    except Exception:  # pragma: no cover - defensive: handed over unchanged
-        return fn
-
-
 def _is_thread_pool(instance: Any) -> bool:
     thread_pool = getattr(sys.modules.get(_POOL), "ThreadPool", None)
     return thread_pool is not None and isinstance(instance, thread_pool)
@@ -63,9 +50,9 @@ def relay_func(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[
     if _is_thread_pool(instance):
         return wrapped(*args, **kwargs)
     if args:
-        return wrapped(_carried(RUNNER, args[0]), *args[1:], **kwargs)
+        return wrapped(relay.carried_task(RUNNER, args[0]), *args[1:], **kwargs)
     if "func" in kwargs:
-        kwargs = dict(kwargs, func=_carried(RUNNER, kwargs["func"]))
+        kwargs = dict(kwargs, func=relay.carried_task(RUNNER, kwargs["func"]))
     return wrapped(*args, **kwargs)
 
 
@@ -90,7 +77,7 @@ def relay_start(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict
             and type(instance).run is base.run
             and not module.startswith(_ENGINE_MODULES)
         ):
-            instance._target = _carried(
+            instance._target = relay.carried_task(
                 PROCESS_RUNNER, target, fresh=_start_method(instance) != "fork"
             )
     except Exception:  # pragma: no cover - defensive: started unchanged

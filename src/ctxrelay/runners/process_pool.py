@@ -30,21 +30,11 @@ _MODULE = "concurrent.futures.process"
 
 
 def _carried(fn: Any) -> Any:
-    # Not at the top: the table imports this module at every activation, and the carrier
-    # brings pickle, socket and OpenTelemetry's propagators.
-    from ctxrelay import carrier
-
-    try:
-        if type(fn) is functools.partial and len(fn.args) == 1 and not fn.keywords:
-            if fn.func is getattr(sys.modules.get(_MODULE), "_process_chunk", None):
-                inner = _carried(fn.args[0])
-                return fn if inner is fn.args[0] else functools.partial(fn.func, inner)
-        if type(fn) is carrier.Task:
-            return fn
-        found = relay.hand_over_carrier(RUNNER, fn)
-        return carrier.Task(fn, found) if found else fn
-    except Exception:  # pragma: no cover - defensive: submitted unchanged
-        return fn
+    if type(fn) is functools.partial and len(fn.args) == 1 and not fn.keywords:
+        if fn.func is getattr(sys.modules.get(_MODULE), "_process_chunk", None):
+            inner = _carried(fn.args[0])
+            return fn if inner is fn.args[0] else functools.partial(fn.func, inner)
+    return relay.carried_task(RUNNER, fn)
 
 
 def relay_submit(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

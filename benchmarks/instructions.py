@@ -63,6 +63,10 @@ SCENARIOS: dict[str, tuple[int, tuple[str, ...]]] = {
     # name, the same one skipped by `module:attribute`
     "capture_10": (2_000, ("bare", "no_match", "by_name", "by_path")),
     "capture_1000": (2_000, ("bare", "no_match", "by_name", "by_path")),
+    # ProcessPoolExecutor(1, spawn): submit(noop).result(), both processes counted (the
+    # worker too: --trace-children), bare / ctxrelay with nothing declared / 3 declared
+    # small variables carried (what benchmarks/processes.py times)
+    "process_round_trip": (200, ("bare", "nothing", "carried")),
 }
 
 
@@ -90,11 +94,41 @@ def _capture(config: str, size: int, n: int) -> None:
     os._exit(0)
 
 
+def _process_round_trip(config: str, n: int) -> None:
+    import multiprocessing
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    from processes import DECLARED, VARS_MODULE, noop
+
+    import ctxrelay
+
+    workdir = Path(tempfile.mkdtemp(prefix="ctxrelay-instructions-"))
+    (workdir / "bench_vars.py").write_text(VARS_MODULE)
+    sys.path.insert(0, str(workdir))  # the spawned worker gets the parent's sys.path
+    import bench_vars
+
+    bench_vars.A.set("req-0123456789")
+    bench_vars.B.set("tenant-acme")
+    bench_vars.C.set(42)
+    if config != "bare":
+        ctxrelay.instrument(process_vars=DECLARED if config == "carried" else [], spans=False)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for _ in range(20):  # the worker started, every module the tasks need imported
+            pool.submit(noop).result()
+        for _ in range(n):
+            pool.submit(noop).result()
+    shutil.rmtree(workdir, ignore_errors=True)
+    os._exit(0)
+
+
 def _child(config: str, scenario: str, n: int) -> None:
     import threading
 
     if scenario.startswith("capture_"):
         _capture(config, int(scenario.split("_")[1]), n)
+    if scenario == "process_round_trip":
+        _process_round_trip(config, n)
 
     from opentelemetry import context as otel_context
     from opentelemetry import trace
@@ -145,7 +179,10 @@ _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
 def _count(config: str, scenario: str, n: int, python: str) -> int:
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python]
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    if scenario == "process_round_trip":  # the worker process is counted too
+        command.append("--trace-children=yes")
+    command.append(python)
     if scenario == "startup":
         command += ["-c", "pass"]
     else:
@@ -156,10 +193,10 @@ def _count(config: str, scenario: str, n: int, python: str) -> int:
     if scenario == "startup" and config == "enabled":
         env["CTXRELAY_ENABLED"] = "1"
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    found = _COLLECTED.search(done.stderr)
-    if done.returncode != 0 or found is None:
+    found = [int(count) for count in _COLLECTED.findall(done.stderr)]  # one per process
+    if done.returncode != 0 or not found:
         raise RuntimeError(f"{config} {scenario} {n}: {done.stderr[-2000:]}")
-    return int(found.group(1))
+    return sum(found)
 
 
 def per_operation(config: str, scenario: str, python: str = sys.executable) -> float:
@@ -254,6 +291,14 @@ def _summary(results: dict[tuple[str, str], float]) -> None:
             value = results.get((scenario, config))
             if value is not None:
                 print(f"{scenario}: CTXRELAY_SKIP_VARS {config} adds {value - bare:,.0f}")
+    bare = results.get(("process_round_trip", "bare"))
+    for config in ("nothing", "carried"):
+        value = results.get(("process_round_trip", config))
+        if bare and value is not None:
+            print(
+                f"process_round_trip: {config} adds {value - bare:,.0f} instructions per task "
+                f"(+{(value - bare) / bare:.1%} of bare's {bare:,.0f}, both processes)"
+            )
     for scenario in ("pool_hop", "thread"):
         bare = results.get((scenario, "bare"))
         if bare is None:

@@ -6,11 +6,9 @@ on the shared machine hits all alike:
 
 * ``ProcessPoolExecutor(1, spawn)``: ``submit(noop).result()`` round trip, bare, with
   ctxrelay and nothing declared (the control: what instrumenting alone does to the
-  round trip's wake-ups), and with 3 declared variables.  Then ctxrelay's own work per
-  task, each piece timed in this process (best of 5): the capture in ``submit``, the
-  carrier's extra pickling and unpickling, and the worker's run of the task in its
-  fresh context.  That sum is a CPU figure the machine's scheduling cannot move; the
-  round trip is three processes' and threads' wake-ups, which can.
+  round trip's wake-ups), and with 3 declared variables.  The same round trip counted
+  in instructions, both processes, is ``instructions.py --only process_round_trip``:
+  a figure the machine's scheduling cannot move.
 * Celery: ``noop.delay().get()`` round trip through a real ``redis-server`` (started
   here on 127.0.0.1, no persistence) and a real ``celery worker -P solo``; the worker
   has ctxrelay active (``CTXRELAY_ENABLED=1``, the 3 variables declared) for the
@@ -27,7 +25,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import pickle
 import shutil
 import socket
 import statistics
@@ -36,7 +33,6 @@ import sys
 import tempfile
 import textwrap
 import time
-import timeit
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -72,37 +68,6 @@ def _rounds(run_bare, run_carried, rounds: int, per_round: int) -> tuple[float, 
         carried.append(c)
         diffs.append(c - b)
     return statistics.median(bare), statistics.median(carried), statistics.median(diffs)
-
-
-def _best_us(fn, number: int = 20000) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
-
-
-def own_work_per_task() -> dict[str, float]:
-    """ctxrelay's own CPU per task, in µs, each piece timed here (the worker's included)."""
-    from concurrent.futures.process import _CallItem
-    from multiprocessing.reduction import ForkingPickler
-
-    from ctxrelay import carrier
-    from ctxrelay.runners import process_pool
-
-    ctxrelay.instrument(process_vars=DECLARED, spans=False)
-    try:
-        task = process_pool._carried(noop)
-        assert type(task) is carrier.Task, task
-        bare_item, carried_item = _CallItem(1, noop, (), {}), _CallItem(1, task, (), {})
-        bare_bytes = bytes(ForkingPickler.dumps(bare_item))
-        carried_bytes = bytes(ForkingPickler.dumps(carried_item))
-        return {
-            "capture in submit": _best_us(lambda: process_pool._carried(noop)),
-            "pickling the carrier": _best_us(lambda: ForkingPickler.dumps(carried_item))
-            - _best_us(lambda: ForkingPickler.dumps(bare_item)),
-            "unpickling it": _best_us(lambda: pickle.loads(carried_bytes))
-            - _best_us(lambda: pickle.loads(bare_bytes)),
-            "the worker's run in a fresh context": _best_us(task) - _best_us(noop),
-        }
-    finally:
-        ctxrelay.uninstrument()
 
 
 def bench_process_pool(rounds: int, per_round: int) -> dict[str, float]:
@@ -244,7 +209,6 @@ def main() -> None:
     print("Crossing processes: 3 small declared ContextVars, round trip per task (median)")
     print(f"load average (1, 5, 15 min) at the start: {os.getloadavg()}")
     pool = bench_process_pool(args.rounds, args.per_round)
-    own = own_work_per_task()
     celery = bench_celery(args.rounds, args.per_round // 2)
     shutil.rmtree(WORKDIR, ignore_errors=True)
     bare = pool["bare"]
@@ -255,13 +219,6 @@ def main() -> None:
     for name in ("bare", "nothing declared", "carried"):
         extra = "" if name == "bare" else f"{pool[name + ' - bare'] / bare * 100:>+9.1f}%"
         print(f"  {name:<54} {pool[name]:>10.1f}µs {extra}")
-    total = sum(own.values())
-    print("  ctxrelay's own work per task, carried (CPU, timed in one process):")
-    for name, value in own.items():
-        print(f"    {name:<52} {value:>10.2f}µs")
-    share = total / bare * 100
-    verdict = "target met" if share < 5 else "target (<5%) missed"
-    print(f"    {'sum':<52} {total:>10.2f}µs {share:>+9.1f}% of bare  ({verdict})")
     round_share = pool["carried - bare"] / bare * 100
     verdict = "target met" if round_share < 5 else "target (<5%) missed"
     print(f"  round trip, carried vs bare: {round_share:+.1f}%  ({verdict})")

@@ -237,13 +237,7 @@ def _across(runner_module: str, seen: Seen) -> None:
 
     ctxrelay.instrument(process_vars=[SECRET_VAR])  # declared: its value crosses
     module = importlib.import_module(f"ctxrelay.runners.{runner_module}")
-    if runner_module == "process_pool":
-        task = module._carried(seen.work)
-    elif runner_module == "multiprocessing":
-        task = module._carried(module.RUNNER, seen.work)
-    else:
-        found = ctxrelay.relay.hand_over_carrier(module.RUNNER, seen.work)
-        task = carrier.Task(seen.work, found)
+    task = ctxrelay.relay.carried_task(module.RUNNER, seen.work)  # what each runner ships
     shipped = pickle.loads(pickle.dumps(task.carrier))  # as a worker process gets it
     copy_context().run(lambda: (SECRET_VAR.set("EMPTY"), carrier.Task(seen.work, shipped)(SECRET)))
 

@@ -51,7 +51,6 @@ _START = (
 PATCHED: list[tuple[Any, str]] = [
     (threading.Thread, "start"),
     (threading.Thread, "run"),
-    (threading.Thread, "_bootstrap_inner"),
     (threading.Timer, "run"),
     (ThreadPoolExecutor, "submit"),
     (pool_module, "_WorkItem"),
@@ -59,7 +58,7 @@ PATCHED: list[tuple[Any, str]] = [
     (asyncio.base_events.BaseEventLoop, "run_in_executor"),
 ]
 #: the attributes above that ctxrelay itself wraps (the others belong to other tools)
-CTXRELAY_ATTRS: list[tuple[Any, str]] = PATCHED[2:3] + PATCHED[5:]
+CTXRELAY_ATTRS: list[tuple[Any, str]] = PATCHED[4:]
 
 
 def _raw(owner: Any, attr: str) -> Any:

@@ -47,7 +47,7 @@ trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
 
 def wrapped_attributes():
     places = [(threading.Thread, "start"), (threading.Thread, "run"),
-              (threading.Thread, "_bootstrap_inner"), (ThreadPoolExecutor, "submit")]
+              (ThreadPoolExecutor, "submit")]
     found = [f"{o.__name__}.{a}" for o, a in places if isinstance(o.__dict__.get(a), PROXY)]
     for module, names in ((threading, ("_start_new_thread", "_start_joinable_thread")),
                           (pool_module, ("_WorkItem",))):

@@ -23,10 +23,16 @@ from helpers import baseline
 PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("ctxrelay_coexist_var", default="EMPTY")
+#: ctxrelay's thread-start hook point (the module global start() calls)
+_START = (
+    "_start_joinable_thread"
+    if hasattr(threading, "_start_joinable_thread")
+    else "_start_new_thread"
+)
 PATCHED = [
     (threading.Thread, "start"),
     (threading.Thread, "run"),
-    (threading.Thread, "_bootstrap_inner"),
+    (threading, _START),
     (threading.Timer, "run"),
 ]
 

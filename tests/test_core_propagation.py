@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import ctxrelay
+from helpers import baseline
 
 var: contextvars.ContextVar[Any] = contextvars.ContextVar("ctxrelay_test_var", default="EMPTY")
 other: contextvars.ContextVar[Any] = contextvars.ContextVar("ctxrelay_test_other", default="EMPTY")
@@ -245,7 +246,7 @@ def test_uninstrument_restores_the_originals() -> None:
         ctxrelay.instrument()
         ctxrelay.instrument()  # idempotent
         assert ctxrelay.is_instrumented()
-        assert threading.Thread.__dict__["_bootstrap_inner"] is not originals[0]
+        assert getattr(threading, start_name) is not originals[1]
         ctxrelay.uninstrument()
         assert not ctxrelay.is_instrumented()
         assert (
@@ -274,7 +275,9 @@ def test_concurrent_instrument_calls_patch_once() -> None:
 
     PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)  # wrapt 2.x
 
-    assert not isinstance(threading.Thread.__dict__["_bootstrap_inner"], PROXY)
+    from ctxrelay.runners import threads
+
+    assert not isinstance(getattr(threading, threads._START), PROXY)
 
 
 def test_process_pool_is_left_alone() -> None:
@@ -285,20 +288,73 @@ def test_process_pool_is_left_alone() -> None:
         assert pool.submit(abs, -3).result(30) == 3
 
 
-def test_uninstrument_drops_the_capture_of_a_thread_not_yet_running() -> None:
-    """``uninstrument()`` between a thread's ``start()`` and its first instruction: the
-    unwrapped ``_bootstrap_inner`` will never pick the capture up, so it must not stay
-    on the Thread object (pinning the starter's context for the thread's life)."""
+def _start_in_two_steps(thread: threading.Thread) -> None:
+    """What ``start()`` does, with ``uninstrument()`` between ctxrelay's wrapper (in the
+    caller) and the real thread start (the new thread's first instruction)."""
     from ctxrelay.runners import threads
 
+    if sys.version_info >= (3, 14):  # what start() does before the thread-start call
+        inherit = sys.flags.thread_inherit_context  # type: ignore[attr-defined]
+        thread._context = contextvars.copy_context() if inherit else contextvars.Context()  # type: ignore[attr-defined]
+    if sys.version_info >= (3, 13):
+        args: tuple[Any, ...] = (thread._bootstrap,)  # type: ignore[attr-defined]
+        handle = vars(thread).get("_os_thread_handle", vars(thread).get("_handle"))  # 3.14 / 3.13
+        kwargs = {"handle": handle, "daemon": thread.daemon}
+    else:
+        args, kwargs = (thread._bootstrap, ()), {}  # type: ignore[attr-defined]
+    handed: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    threads._capture_at_start(lambda *a, **k: handed.append((a, k)), None, args, kwargs)
+    assert not [key for key in thread.__dict__ if "ctxrelay" in key], "nothing on the Thread"
+    ctxrelay.uninstrument()
+    ((args, kwargs),) = handed
+    handed.clear()
+    threading._limbo[thread] = thread  # type: ignore[attr-defined]
+    getattr(threading, threads._START)(*args, **kwargs)  # the original again
+    args = kwargs = None  # type: ignore[assignment]
+    assert thread._started.wait(10)  # type: ignore[attr-defined]
+    thread.join(10)
+
+
+def test_a_thread_started_before_uninstrument_runs_in_its_capture() -> None:
+    """``uninstrument()`` between a thread's ``start()`` and its first instruction: the
+    thread runs in what was captured for it (as a pool task queued before does), no
+    ctxrelay attribute is left on the Thread object, and the capture is let go when the
+    thread ends.  Bare first: the same thread started without ctxrelay."""
+    seen: list[Any] = []
+
+    def scenario(start: Any) -> weakref.ref:
+        payload = Payload()
+        var.set(payload)
+        ref = weakref.ref(payload)
+        del payload
+        thread = threading.Thread(target=lambda: seen.append(type(var.get()).__name__))
+        start(thread)
+        return ref
+
+    ref = contextvars.copy_context().run(scenario, _start_join)
+    gc.collect()
+    assert seen == [baseline("str", "Payload")] and ref() is None, "bare"
+    seen.clear()
     ctxrelay.instrument(spans=False)
+    ref = contextvars.copy_context().run(scenario, _start_in_two_steps)
+    gc.collect()
+    assert seen == ["Payload"], "carried, though uninstrumented before it ran"
+    assert ref() is None, "the capture was let go when the thread ended"
+
+
+@pytest.mark.parametrize("spans", [False, True])
+def test_the_thread_start_still_names_its_thread(spans: bool) -> None:
+    """What the real thread start receives names its Thread (``__self__``) and reads as
+    the thread's ``_bootstrap``, as without ctxrelay: a tool between ctxrelay and the
+    thread start (pydevd's start-up object) finds the Thread there."""
+    from ctxrelay.runners import threads
+
     thread = threading.Thread(target=lambda: None)
-    # The state start() leaves while the new thread has not run yet: captured, in limbo.
-    threads._capture_at_start(lambda *a, **k: None, None, (thread._bootstrap, ()), {})
-    assert threads._CARRIED in thread.__dict__
-    threading._limbo[thread] = thread
-    try:
-        ctxrelay.uninstrument()
-    finally:
-        threading._limbo.pop(thread, None)
-    assert threads._CARRIED not in thread.__dict__
+    bare = thread._bootstrap  # type: ignore[attr-defined]
+    ctxrelay.instrument(spans=spans)
+    handed: list[Any] = []
+    threads._capture_at_start(lambda *a, **k: handed.append(a[0]), None, (bare, ()), {})
+    (function,) = handed
+    assert function is not bare, "ctxrelay hands over its own start"
+    assert function.__self__ is bare.__self__ is thread
+    assert repr(function) == repr(bare)

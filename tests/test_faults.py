@@ -131,7 +131,6 @@ def _hook_points() -> dict[str, Any]:
     import concurrent.futures.thread as pool_module
 
     points = {
-        "Thread._bootstrap_inner": threading.Thread.__dict__["_bootstrap_inner"],
         "_WorkItem": pool_module._WorkItem,
         "BaseEventLoop.run_in_executor": asyncio.base_events.BaseEventLoop.__dict__[
             "run_in_executor"

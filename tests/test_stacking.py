@@ -165,7 +165,6 @@ def test_every_order_with_sentry_opentelemetry_and_griptape(steps: tuple[str, ..
 # --- another tool's wrapt wrapper on top of ctxrelay's own hook points ----------------
 
 HOOK_POINTS = [
-    (stacking_tools.threading.Thread, "_bootstrap_inner"),
     (stacking_tools.pool_module, "_WorkItem"),
     (stacking_tools.threading, stacking_tools._START),
     (stacking_tools.asyncio.base_events.BaseEventLoop, "run_in_executor"),

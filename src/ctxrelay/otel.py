@@ -7,7 +7,7 @@ configurator (``opentelemetry-distro``), as for every other instrumentor.
 
 It coexists with the official ``threading`` instrumentor: that one wraps
 ``Thread.start``/``Thread.run``/``ThreadPoolExecutor.submit`` to carry the OpenTelemetry
-context only; ctxrelay hooks ``Thread._bootstrap_inner`` and the pool's work items and
+context only; ctxrelay hooks the thread start ``start()`` calls and the pool's work items and
 carries a copy of the whole ``contextvars`` context (which contains the OpenTelemetry
 context).  Both attach the same span, no work runs twice, each records its own spans
 (that instrumentor records none), and either can be uninstrumented first.

@@ -40,9 +40,12 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_Thread = threading.Thread
+_MethodType = types.MethodType
+_FunctionType = types.FunctionType
 
 #: ``(module, qualname)`` of thread targets that serve many pieces of work.
-EXEMPT_TARGETS: set[tuple[str, str]] = {
+_LISTED_TARGETS: set[tuple[str, str]] = {
     # concurrent.futures.ThreadPoolExecutor's workers
     ("concurrent.futures.thread", "_worker"),
     # multiprocessing.pool.ThreadPool: workers and the three handler threads
@@ -80,6 +83,9 @@ EXEMPT_TARGETS: set[tuple[str, str]] = {
     # asked for explicitly): serves the loop's every socket
     ("tornado.platform.asyncio", "SelectorThread._run_select"),
 }
+#: The above, frozen (:func:`exempt_target` replaces it): what is exempt in a module is
+#: decided once (:data:`_verdicts`).
+EXEMPT_TARGETS: frozenset[tuple[str, str]] = frozenset(_LISTED_TARGETS)
 
 #: ``(module, qualname)`` of thread classes that serve many pieces of work.
 EXEMPT_CLASSES: set[tuple[str, str]] = {
@@ -115,14 +121,47 @@ def _name_of(fn: Any) -> tuple[str, str] | None:
 
 def exempt_target(fn: Callable[..., Any]) -> None:
     """Threads whose ``target`` is ``fn`` (by name) never capture."""
+    global EXEMPT_TARGETS
     name = _name_of(fn)
     if name is not None:
-        EXEMPT_TARGETS.add(name)
+        EXEMPT_TARGETS = EXEMPT_TARGETS | {name}
 
 
 def exempt_class(cls: type) -> None:
     """Threads of exactly this class (by name) never capture."""
     EXEMPT_CLASSES.add((cls.__module__, cls.__qualname__))
+
+
+#: Module name -> what :data:`EXEMPT_TARGETS` and :data:`EXEMPT_TARGET_PREFIXES` exempt
+#: of its functions: ``True`` all (a telemetry SDK's), a frozenset of qualified names,
+#: or ``False`` none (an application's module).  Asked at every ``start()``: one lookup
+#: instead of building a ``(module, qualname)`` pair and matching the prefixes.  Keyed
+#: by module name strings only (nothing of a user's function is kept alive) and
+#: bounded.  Both registries are immutable: replacing either (:func:`exempt_target`,
+#: a test's monkeypatch) empties it.
+_verdicts: dict[str, bool | frozenset[str]] = {}
+_VERDICTS_MAX = 512
+#: What :data:`_verdicts` was built from.
+_verdicts_targets: frozenset[tuple[str, str]] = EXEMPT_TARGETS
+_verdicts_prefixes: tuple[str, ...] = EXEMPT_TARGET_PREFIXES
+
+
+def _verdict(module: str) -> bool | frozenset[str]:
+    """What is exempt in ``module`` (see :data:`_verdicts`), remembered."""
+    global _verdicts_targets, _verdicts_prefixes
+    targets, prefixes = EXEMPT_TARGETS, EXEMPT_TARGET_PREFIXES
+    if _verdicts_targets is not targets or _verdicts_prefixes is not prefixes:
+        _verdicts.clear()
+        _verdicts_targets, _verdicts_prefixes = targets, prefixes
+    verdict: bool | frozenset[str]
+    if module.startswith(prefixes):
+        verdict = True
+    else:
+        verdict = frozenset(name for owner, name in targets if owner == module) or False
+    if len(_verdicts) >= _VERDICTS_MAX:
+        _verdicts.clear()
+    _verdicts[module] = verdict
+    return verdict
 
 
 def is_exempt(thread: threading.Thread) -> bool:
@@ -132,19 +171,29 @@ def is_exempt(thread: threading.Thread) -> bool:
     (:data:`EXEMPT_TARGET_PREFIXES`: OpenTelemetry's batch span processor and metric
     readers, Sentry's transport worker, batchers, profilers and flushers).
     """
-    # Asked at every start(): _name_of inlined, and a plain Thread's class not looked up.
+    # Asked at every start(): _name_of inlined, a plain Thread's class not looked up, and
+    # the target's module decided once (_verdicts).
     cls = type(thread)
-    if cls is not threading.Thread and (cls.__module__, cls.__qualname__) in EXEMPT_CLASSES:
+    if cls is not _Thread and (cls.__module__, cls.__qualname__) in EXEMPT_CLASSES:
         return True
     fn = thread.__dict__.get("_target")
-    if type(fn) is types.MethodType:
+    if type(fn) is _MethodType:
         fn = fn.__func__
-    if type(fn) is not types.FunctionType:
+    if type(fn) is not _FunctionType:
         return False
     module = fn.__module__  # any object: None for a function made without a module
     if type(module) is not str:
         return False
-    return (module, fn.__qualname__) in EXEMPT_TARGETS or module.startswith(EXEMPT_TARGET_PREFIXES)
+    verdict = _verdicts.get(module)
+    if (
+        verdict is None
+        or _verdicts_targets is not EXEMPT_TARGETS
+        or _verdicts_prefixes is not EXEMPT_TARGET_PREFIXES
+    ):
+        verdict = _verdict(module)
+    if verdict is False:
+        return False
+    return verdict is True or fn.__qualname__ in verdict
 
 
 # --- threads started on behalf of another runner ------------------------------------

@@ -3,21 +3,28 @@
 Read against ``threading.py`` of CPython 3.10-3.13 and 3.14.7 (``Thread(context=)``,
 ``sys.flags.thread_inherit_context``).
 
-Why these hook points, and not ``Thread.start``/``Thread.run``:
+Why this hook point, and not ``Thread.start``/``Thread.run``:
 
-* The code that runs in the new thread is ``Thread._bootstrap_inner``; it calls
-  ``self.run()``, whatever a subclass made of it (``Timer`` and user subclasses
-  override ``run`` without calling ``super()``: wrapping ``Thread.run`` misses them).
 * The hand-over happens inside ``start()``, which calls the module global
   ``_start_new_thread`` (3.10-3.12) or ``_start_joinable_thread`` (3.13+) with
   ``self._bootstrap``; wrapping that global sees every started thread, in the caller.
+* The new thread runs the function it is given: ctxrelay gives it a :class:`_Start`
+  that runs ``self._bootstrap`` inside the capture.  ``_bootstrap_inner`` calls
+  ``self.run()``, whatever a subclass made of it (``Timer`` and user subclasses
+  override ``run`` without calling ``super()``: wrapping ``Thread.run`` misses them).
+  One wrapper per start, in the caller: the new thread pays no wrapper dispatch
+  (with hop spans off before 3.14 it runs no Python of ctxrelay's at all).
 * OpenTelemetry's threading instrumentor and Sentry patch ``Thread.start``/``run``;
   OpenTelemetry's ``unwrap`` strips whatever is outermost there.  Hooking elsewhere
   keeps ctxrelay and them independent in any order.
+* ``uninstrument()`` between a thread's ``start()`` and its first instruction: the
+  thread still runs in what was captured for it (as a pool task queued before), and
+  lets go of it when it ends.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -29,18 +36,19 @@ from ctxrelay import relay, spans
 from ctxrelay.otel_fast import parent_allows
 from ctxrelay.patching import Patch
 from ctxrelay.runners import _thread_roles
+from ctxrelay.spans import settings as _span_settings
 
 NAME = "threading"
 logger = logging.getLogger("ctxrelay")
 
-#: Where the capture for a thread waits between ``start()`` and its first instruction:
-#: ``(context or None, hop or None, what the span is named after, explicit context=,
-#: whether the copy was put in thread._context instead (3.14))``.
-_CARRIED = "_ctxrelay_carried"
 #: 3.14+: set when ``Thread(context=...)`` was given explicitly (it wins).
 _EXPLICIT = "_ctxrelay_explicit_context"
 
 _HAS_THREAD_CONTEXT = sys.version_info >= (3, 14)
+# Read at every start(): module globals, not attribute lookups.
+_MethodType = types.MethodType
+_Thread = threading.Thread
+_run_in = Context.run
 
 #: The hop span of the thread running here, for the failure hook (see _note_failures).
 _running = threading.local()
@@ -94,9 +102,9 @@ def _named(thread: threading.Thread) -> Any:
 
 
 def _forget(thread: threading.Thread | None) -> None:
+    """The thread will not run what was captured for it: take the span's stand-in back."""
     if thread is not None:
         try:
-            thread.__dict__.pop(_CARRIED, None)
             started = thread.__dict__.get("_started")
             if type(started) is _StartsTheSpan:
                 thread.__dict__["_started"] = started.original
@@ -145,56 +153,94 @@ class _StartsTheSpan(threading.Event):
             _begin_span(*span_of)
 
 
+class _Start(functools.partial):
+    """What the new thread calls instead of the ``thread._bootstrap`` that ``start()`` gave.
+
+    ``_Start(fn, first, bootstrap, ...)`` calls ``fn(first, bootstrap, ...)``:
+    ``Context.run(copy, bootstrap)`` when all there is to do is run the thread in the
+    copy (no Python frame of ctxrelay's in the new thread), else :func:`_run_carried` /
+    :func:`_run_314`.  A ``partial``, called from C, holding its capture only until the
+    thread's function returns: ``_thread`` drops it then, before ``join()`` is released.
+    ``__self__`` is the thread, as on the bound method it stands for: a tool between
+    ctxrelay and the real thread start that looks for the Thread there (pydevd's start-up
+    object) still finds it; and the repr is the bootstrap's (``_thread`` names the
+    function in "Exception ignored in thread started by").
+    """
+
+    __slots__ = ()
+
+    @property
+    def __self__(self) -> Any:
+        return self.args[1].__self__
+
+    def __repr__(self) -> str:
+        return repr(self.args[1])
+
+
 def _capture_at_start(
     wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Around ``_start_new_thread(self._bootstrap, ())``: runs in the caller of ``start()``.
 
-    Everything before the real call is guarded: on any failure the thread starts as it
-    would without ctxrelay (nothing carried, one debug log).
+    The thread's ``_bootstrap`` is handed over as a :class:`_Start` that runs it in the
+    capture.  Everything before the real call is guarded: on any failure the thread
+    starts as it would without ctxrelay (nothing carried, one debug log).
     """
-    thread = None
+    thread = start = None
     try:
         function = args[0] if args else kwargs.get("function")
-        if type(function) is types.MethodType and isinstance(function.__self__, threading.Thread):
+        if type(function) is _MethodType and isinstance(function.__self__, _Thread):
             thread = function.__self__
-            if not _HAS_THREAD_CONTEXT and relay._only_copy and not spans.settings.hops:
-                # What _take_capture amounts to before 3.14 with hop spans off, nothing to
-                # leave behind and nobody observing: a copy (one Python frame per start).
-                if _thread_roles.is_exempt(thread):
-                    thread = None
-                else:
-                    thread.__dict__[_CARRIED] = (copy_context(), None, None, False, False)
+            if not _HAS_THREAD_CONTEXT and relay._only_copy and not _span_settings.hops:
+                # What _capture amounts to before 3.14 with hop spans off, nothing to
+                # leave behind and nobody observing: run the bootstrap in a copy.
+                if not _thread_roles.is_exempt(thread):
+                    start = _Start(_run_in, copy_context(), function)
             else:
-                thread = _capture(thread)
+                start = _capture(thread, function)
+            if start is not None:
+                # (self._bootstrap, ()) before 3.13, (self._bootstrap,) and keywords after;
+                # no slicing on the usual shapes.
+                if len(args) == 2:
+                    args = (start, args[1])
+                elif len(args) == 1:
+                    args = (start,)
+                elif args:
+                    args = (start, *args[1:])
+                else:
+                    kwargs = {**kwargs, "function": start}
     except Exception:
         logger.debug("ctxrelay: could not capture for a thread; it starts uncarried", exc_info=True)
         _forget(thread)
-        thread = None
+        thread = start = None
     try:
-        return wrapped(*args, **kwargs)
+        if kwargs:
+            return wrapped(*args, **kwargs)
+        return wrapped(*args)
     except BaseException:
         _forget(thread)  # "can't start new thread": let go of the capture
+        args = kwargs = start = None  # type: ignore[assignment]  # a kept exception keeps this frame
         raise
 
 
-def _capture(thread: threading.Thread) -> threading.Thread | None:
-    """The capture for ``thread``; None when it is exempt (it starts uncarried)."""
+def _capture(thread: threading.Thread, bootstrap: Any) -> _Start | None:
+    """What the new thread runs instead of ``bootstrap``; None to leave it unchanged.
+
+    3.14: every thread gets :func:`_run_314`, exempt or not, which lets go of
+    ``thread._context`` once the thread has run.
+    """
     explicit = bool(thread.__dict__.pop(_EXPLICIT, False))
     inherit_flag = bool(getattr(sys.flags, "thread_inherit_context", False))
     if _thread_roles.is_exempt(thread):
+        if not _HAS_THREAD_CONTEXT:
+            return None
         if inherit_flag and not explicit:
             # With thread_inherit_context=1, start() has just given this pool worker a
             # copy of whoever made the pool grow (a submitter, or the pool's builder):
             # it would keep that for its whole life, a stale snapshot under every task
             # the pool does not carry.  It starts empty, as with the flag off.
             _set_thread_context(thread, Context())
-        return None
-    _take_capture(thread, explicit, inherit_flag)
-    return thread
-
-
-def _take_capture(thread: threading.Thread, explicit: bool, inherit_flag: bool) -> None:
+        return _Start(_run_314, thread, bootstrap, None, None, False)
     carry = needs_carry(
         has_thread_context=_HAS_THREAD_CONTEXT,
         explicit_context=explicit,
@@ -203,28 +249,24 @@ def _take_capture(thread: threading.Thread, explicit: bool, inherit_flag: bool) 
     )
     named = _named(thread)
     context, hop = relay.hand_over(runner_of(thread), named, carry=carry)
-    in_thread_context = False
-    if _HAS_THREAD_CONTEXT and context is not None:
-        # 3.14's _bootstrap_inner runs self.run() inside self._context, which
-        # start() has just set to an empty Context() (or, with the flag on, to a
-        # full copy that CTXRELAY_SKIP_VARS must filter): replace it by the copy.
-        _set_thread_context(thread, context)
-        context = None
-        in_thread_context = True
-    if context is not None or hop is not None or _HAS_THREAD_CONTEXT:
-        # An explicit context= may hold no span at all (Context()): whether the hop has
-        # a parent is only known inside it, in the new thread (see _start_span).
-        # 3.14: marked even with nothing to carry (CPython's own copy under the flag),
-        # so that _run_in_carried drops thread._context once the thread has run.
-        thread.__dict__[_CARRIED] = (context, hop, named, explicit, in_thread_context)
-        if hop is not None:
-            _note_failures(thread)
-            started = thread.__dict__.get("_started")
-            if type(started) is threading.Event:
-                # 3.14: the run happens in thread._context, the span starts there too
-                thread.__dict__["_started"] = _StartsTheSpan(
-                    started, thread, hop, named, explicit, _HAS_THREAD_CONTEXT
-                )
+    if hop is not None:
+        _note_failures(thread)
+        started = thread.__dict__.get("_started")
+        if type(started) is threading.Event:
+            # 3.14: the run happens in thread._context, the span starts there too
+            thread.__dict__["_started"] = _StartsTheSpan(
+                started, thread, hop, named, explicit, _HAS_THREAD_CONTEXT
+            )
+    if _HAS_THREAD_CONTEXT:
+        if context is not None:
+            # 3.14's _bootstrap_inner runs self.run() inside self._context, which
+            # start() has just set to an empty Context() (or, with the flag on, to a
+            # full copy that CTXRELAY_SKIP_VARS must filter): replace it by the copy.
+            # An explicit context= may hold no span at all (Context()): whether the
+            # hop has a parent is only known inside it, in the new thread (_start_span).
+            _set_thread_context(thread, context)
+        return _Start(_run_314, thread, bootstrap, hop, named, explicit)
+    return _Start(_run_carried, context, bootstrap, thread, hop, named, explicit)
 
 
 def _set_thread_context(thread: threading.Thread, context: Context | None) -> None:
@@ -234,68 +276,61 @@ def _set_thread_context(thread: threading.Thread, context: Context | None) -> No
         pass
 
 
-def _run_in_carried(
-    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Around ``Thread._bootstrap_inner``: runs in the new thread, before anything else.
-
-    Nothing may raise before ``wrapped`` runs: ``start()`` waits for the flag that
-    ``_bootstrap_inner`` sets, so a failure here would hang the caller.
-    """
-    try:
-        carried = instance.__dict__.pop(_CARRIED, None)
-    except Exception:  # pragma: no cover - defensive
-        carried = None
-    if _HAS_THREAD_CONTEXT:
-        try:
-            return _bootstrap_314(wrapped, args, kwargs, instance, carried)
-        finally:
-            # 3.14 keeps the context a thread ran in on the instance (thread._context)
-            # after run() returned: a finished thread that the application still
-            # references (a list of threads, a kept exception's frames) would pin the
-            # carried copy, or CPython's own with thread_inherit_context=1.  Nothing
-            # reads it once the thread has run (start() refuses a second start).
-            carried = None
-            if instance is not None:
-                relay.released(instance.__dict__.get("_context"))
-                _set_thread_context(instance, None)
-    if carried is None:  # started before instrument(), or exempt (a pool's worker)
-        return wrapped(*args, **kwargs)
-    context, hop, named, explicit, _ = carried
-    del carried
-    try:
-        if hop is None:  # nothing to end afterwards: the thread runs in the copy, that is all
-            return context.run(wrapped, *args, **kwargs)
-        return context.run(_bootstrap, wrapped, args, kwargs, instance, hop, named, explicit, False)
-    finally:
-        relay.released(context)
-        # An excepthook that keeps the exception keeps this frame (the traceback's
-        # frames link back to it): it must not pin the carried context.
-        context = None
-
-
-def _bootstrap_314(
-    wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], thread: Any, carried: Any
-) -> Any:
-    """3.14: the run happens in ``thread._context`` (the copy, when one was carried)."""
-    if carried is None:
-        return wrapped(*args, **kwargs)
-    _, hop, named, explicit, _ = carried
-    carried = None
-    return _bootstrap(wrapped, args, kwargs, thread, hop, named, explicit, True)
-
-
-def _bootstrap(
-    wrapped: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+def _run_carried(
+    context: Context,
+    bootstrap: Any,
     thread: threading.Thread,
     hop: spans.Hop | None,
     named: Any,
     explicit: bool,
+) -> Any:
+    """Before 3.14, in the new thread: ``thread._bootstrap()`` inside the carried copy.
+
+    Nothing may raise before ``bootstrap`` runs: ``start()`` waits for the flag that
+    ``_bootstrap_inner`` sets, so a failure here would hang the caller.
+    """
+    try:
+        if hop is None:  # nothing to end afterwards (an observer is told of the release)
+            return context.run(bootstrap)
+        return context.run(_bootstrap, bootstrap, thread, hop, named, explicit, False)
+    finally:
+        relay.released(context)
+        # An excepthook that keeps the exception keeps this frame (the traceback's
+        # frames link back to it): it must not pin the carried context.
+        context = None  # type: ignore[assignment]
+
+
+def _run_314(
+    thread: threading.Thread, bootstrap: Any, hop: spans.Hop | None, named: Any, explicit: bool
+) -> Any:
+    """3.14, in the new thread: the run happens in ``thread._context`` (the copy, when
+    one was carried)."""
+    try:
+        if hop is None:
+            return bootstrap()
+        return _bootstrap(bootstrap, thread, hop, named, explicit, True)
+    finally:
+        # 3.14 keeps the context a thread ran in on the instance (thread._context)
+        # after run() returned: a finished thread that the application still
+        # references (a list of threads, a kept exception's frames) would pin the
+        # carried copy, or CPython's own with thread_inherit_context=1.  Nothing
+        # reads it once the thread has run (start() refuses a second start).
+        try:
+            relay.released(thread.__dict__.get("_context"))
+        except Exception:  # pragma: no cover - defensive
+            pass
+        _set_thread_context(thread, None)
+
+
+def _bootstrap(
+    bootstrap: Any,
+    thread: threading.Thread,
+    hop: spans.Hop,
+    named: Any,
+    explicit: bool,
     in_thread_context: bool,
 ) -> Any:
-    """``_bootstrap_inner``, and the end of the thread's hop span if one was started.
+    """``thread._bootstrap()``, and the end of the thread's hop span if one was started.
 
     The span starts when ``_bootstrap_inner`` sets ``_started`` (:class:`_StartsTheSpan`)
     and ends when it returns: nothing of ctxrelay sits between ``_bootstrap_inner`` and
@@ -303,9 +338,9 @@ def _bootstrap(
     ``threading.excepthook`` receives); the failure hook below records what ``run()``
     raised.
     """
-    _running.armed = thread if hop is not None else None
+    _running.armed = thread
     try:
-        return wrapped(*args, **kwargs)
+        return bootstrap()
     finally:
         _running.armed = None
         started = getattr(_running, "started", None)
@@ -394,19 +429,6 @@ def _mark_explicit_context(
     return result
 
 
-def _drop_pending_captures(threading_module: Any) -> None:
-    """After ``_bootstrap_inner`` is unwrapped: threads started but not yet running
-    would keep their capture on the instance for their whole life, unused (on 3.14,
-    in ``thread._context``: it starts empty instead, as an uncarried thread does)."""
-    for thread in threading_module.enumerate():
-        try:
-            carried = thread.__dict__.pop(_CARRIED, None)
-            if carried is not None and carried[4]:
-                _set_thread_context(thread, Context())
-        except Exception:  # pragma: no cover - defensive
-            pass
-
-
 _START = (
     "_start_joinable_thread"
     if hasattr(threading, "_start_joinable_thread")
@@ -415,13 +437,6 @@ _START = (
 
 PATCHES = (
     Patch(NAME, "threading", _START, _capture_at_start),
-    Patch(
-        NAME,
-        "threading",
-        "Thread._bootstrap_inner",
-        _run_in_carried,
-        on_remove=_drop_pending_captures,
-    ),
     Patch(
         NAME,
         "threading",

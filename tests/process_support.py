@@ -120,3 +120,26 @@ async def seen_async(tag: Any = None) -> dict[str, Any]:
 
     await asyncio.sleep(0)
     return seen(tag)
+
+
+def computes_inside(tag: Any) -> list[dict[str, Any]]:
+    """A task that computes more from inside (``worker_client``): what each level sees."""
+    import dask
+    from distributed import worker_client
+
+    outer = seen(tag)
+    with worker_client() as client:
+        graph = client.compute(dask.delayed(seen)(f"{tag}-graph")).result()
+        submitted = client.submit(seen, f"{tag}-submit", pure=False).result()
+    return [outer, graph, submitted]
+
+
+def fails_once(path: str) -> dict[str, Any]:
+    """Fails on its first run (counted in ``path``), succeeds on the retry."""
+    with open(path, "a") as f:
+        f.write("run\n")
+    with open(path) as f:
+        runs = len(f.readlines())
+    if runs == 1:
+        raise RuntimeError("first run fails")
+    return seen(runs)

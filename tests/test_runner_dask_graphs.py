@@ -205,3 +205,187 @@ def test_concurrent_graphs_see_their_own_values(inproc) -> None:
     assert seen == {i: {(f"r-{i}", f"t-{i}")} for i in range(4)}
     (after,) = dask.compute(dask.delayed(ps.seen)("after"), scheduler=inproc)
     assert _values(after) == ("after", "-", "-", "-")
+
+
+def _hops(exporter: Any) -> list[Any]:
+    return [
+        s for s in exporter.get_finished_spans() if s.attributes.get("ctxrelay.runner") == "dask"
+    ]
+
+
+def test_tasks_computing_from_inside_carry_on(inproc, tracer, exporter) -> None:
+    """A task's own ``compute`` / ``submit`` (``worker_client``) carries its values on."""
+    ps.set_all("r-1", "t-1", "s-1")
+    bare = inproc.submit(ps.computes_inside, "bare", pure=False).result(TIMEOUT)
+    assert [_values(seen) for seen in bare] == [
+        ("bare", "-", "-", "-"),
+        ("bare-graph", "-", "-", "-"),
+        ("bare-submit", "-", "-", "-"),
+    ]
+    ctxrelay.instrument(process_vars=ps.DECLARED)
+    with tracer.start_as_current_span("root") as root:
+        out = inproc.submit(ps.computes_inside, "in", pure=False).result(TIMEOUT)
+    assert [_values(seen) for seen in out] == [
+        ("in", "r-1", "t-1", "-"),
+        ("in-graph", "r-1", "t-1", "-"),
+        ("in-submit", "r-1", "t-1", "-"),
+    ]
+    hops = {s.context.span_id: s for s in _hops(exporter)}
+    (outer,) = [s for s in hops.values() if s.name == "dask computes_inside"]
+    assert outer.parent.span_id == root.get_span_context().span_id
+    inner = [s for s in hops.values() if s.name == "dask seen"]
+    assert len(inner) == 2 and {s.parent.span_id for s in inner} == {outer.context.span_id}
+
+
+def test_retried_task_runs_each_attempt_carried(inproc, tracer, exporter, tmp_path) -> None:
+    """``retries=``: the failed attempt's hop is ERROR, the retry's OK, both carried."""
+    ps.set_all("r-1", "t-1", "s-1")
+    bare = inproc.compute(
+        dask.delayed(ps.fails_once, pure=False)(str(tmp_path / "bare")), retries=1
+    ).result(TIMEOUT)
+    assert _values(bare) == (2, "-", "-", "-")
+    ctxrelay.instrument(process_vars=ps.DECLARED)
+    with tracer.start_as_current_span("root") as root:
+        out = inproc.compute(
+            dask.delayed(ps.fails_once, pure=False)(str(tmp_path / "in")), retries=1
+        ).result(TIMEOUT)
+    assert _values(out) == (2, "r-1", "t-1", "-")
+    hops = _hops(exporter)
+    assert [(s.name, s.status.status_code.name) for s in hops] == [
+        ("dask fails_once", "ERROR"),
+        ("dask fails_once", "UNSET"),
+    ]
+    assert {s.parent.span_id for s in hops} == {root.get_span_context().span_id}
+
+
+def _annotated_round(client: Any, tag: str) -> list[Any]:
+    """The user's own annotations (a callable one, one named ``ctxrelay``): as set."""
+    scheduler = client.cluster.scheduler
+    ps.set_all("r-1", "t-1", "s-1")
+    out = []
+    with dask.annotate(priority=7, retries=2, custom=lambda key: ("from", key[:4])):
+        layer = dask.delayed(ps.seen)(f"{tag}-layer")
+    calls = [
+        lambda: client.compute(layer),
+        lambda: client.compute(dask.delayed(ps.seen)(f"{tag}-kw"), priority=3, retries=1),
+    ]
+    for call in calls:
+        future = call()
+        seen = future.result(TIMEOUT)
+        task = scheduler.tasks[future.key]
+        own = {k: v for k, v in task.annotations.items() if k != "ctxrelay"}
+        out.append((_values(seen)[1:], own, task.retries, task.priority[0]))
+    with dask.annotate(ctxrelay="mine"):
+        future = client.compute(dask.delayed(ps.seen)(f"{tag}-mine"))
+    seen = future.result(TIMEOUT)
+    out.append((_values(seen)[1:], scheduler.tasks[future.key].annotations))
+    return out
+
+
+def test_users_annotations_are_left_as_they_are(inproc) -> None:
+    bare = _annotated_round(inproc, "bare")
+    ctxrelay.instrument(process_vars=ps.DECLARED)
+    carried = _annotated_round(inproc, "in")
+    assert [row[1:] for row in carried] == [row[1:] for row in bare]
+    assert bare[0][1] == {"priority": 7, "retries": 2, "custom": ("from", "seen")}
+    assert [row[0] for row in carried] == [("r-1", "t-1", "-")] * 2 + [("-", "-", "-")]
+
+
+def test_asynchronous_client_tasks_see_their_own_values() -> None:
+    """``Client(asynchronous=True)``: concurrent asyncio tasks, each with its values."""
+    import asyncio
+
+    async def one(client: Any, i: int) -> set[tuple[Any, ...]]:
+        ps.set_all(f"r-{i}", f"t-{i}", "s")
+        got = [
+            await client.compute(dask.delayed(ps.seen)(f"{i}-graph")),
+            await client.submit(ps.seen, f"{i}-submit", pure=False),
+            await client.submit(ps.seen_async, f"{i}-async", pure=False),
+        ]
+        return {_values(seen)[1:] for seen in got}
+
+    async def main() -> list[set[tuple[Any, ...]]]:
+        async with distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=False,
+            dashboard_address="127.0.0.1:0",
+            asynchronous=True,
+        ) as cluster:
+            async with distributed.Client(cluster, asynchronous=True) as client:
+                ctxrelay.instrument(process_vars=ps.DECLARED)
+                found = await asyncio.gather(*(one(client, i) for i in range(3)))
+                ps.reset_all()
+                after = await client.compute(dask.delayed(ps.seen)("after"))
+                return [*found, {_values(after)[1:]}]
+
+    assert asyncio.run(main()) == [{(f"r-{i}", f"t-{i}", "-")} for i in range(3)] + [
+        {("-", "-", "-")}
+    ]
+
+
+# A main module the workers cannot import (``python -c``, a notebook, a REPL): a class
+# defined there pickles by reference to ``__main__``, which Dask replaces by its value
+# (cloudpickle) for what it ships, and so must the carrier, or the worker cannot read it.
+_MAIN_SCRIPT = """
+import os, sys
+import dask, distributed
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+import ctxrelay, process_support as ps
+
+class Tag:
+    def __init__(self, v):
+        self.v = v
+    def __repr__(self):
+        return f"Tag({self.v})"
+
+def look():
+    context = trace.get_current_span().get_span_context()
+    return [str(ps.REQUEST_ID.get()), ps.TENANT.get(), context.is_valid]
+
+trace.set_tracer_provider(TracerProvider())
+workers = {"CTXRELAY_ENABLED": "1", "CTXRELAY_PROCESS_VARS": ps.ENV_DECLARED,
+           "OTEL_TRACES_EXPORTER": "none"}
+os.environ.update(workers)  # the Nanny starts the workers with it: they run ctxrelay
+cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+    dashboard_address="127.0.0.1:0", host="127.0.0.1", worker_dashboard_address=None)
+for name in workers:
+    os.environ.pop(name)
+with distributed.Client(cluster) as client:
+    if sys.argv[1] == "instrumented":
+        ctxrelay.instrument(process_vars=ps.DECLARED)
+    ps.REQUEST_ID.set(Tag(1))
+    ps.TENANT.set("t-1")
+    with trace.get_tracer("t").start_as_current_span("root"):
+        print(client.submit(look, pure=False).result(60))
+        print(dask.compute(dask.delayed(look, pure=False)())[0])
+cluster.close()
+"""
+
+
+def _run_main_script(mode: str) -> list[str]:
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    environment = {**os.environ, "PYTHONPATH": tests}
+    for name in [n for n in environment if n.startswith(("CTXRELAY_", "OTEL_"))]:
+        del environment[name]
+    done = subprocess.run(
+        [sys.executable, "-c", _MAIN_SCRIPT, mode],
+        cwd=tests,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.splitlines()[-2:]
+
+
+def test_values_of_classes_defined_in_an_unimportable_main() -> None:
+    """Graphs carry what ``submit`` carries, a ``__main__`` class's value included."""
+    assert _run_main_script("bare") == ["['-', '-', False]"] * 2
+    assert _run_main_script("instrumented") == ["['Tag(1)', 't-1', True]"] * 2

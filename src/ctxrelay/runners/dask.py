@@ -114,7 +114,7 @@ def _carried_in_annotation(
         if _pending.get() is None:  # an outer call captured already
             found = relay.hand_over_carrier(RUNNER, named)
             if found:
-                token = _pending.set(pickle.dumps(found, pickle.HIGHEST_PROTOCOL))
+                token = _pending.set(_dumps(found))
     except Exception:  # pragma: no cover - defensive: the graph goes unannotated
         token = None
     try:
@@ -122,6 +122,21 @@ def _carried_in_annotation(
     finally:
         if token is not None:
             _pending.reset(token)
+
+
+def _dumps(found: dict[str, Any]) -> bytes:
+    """The carrier pickled as Dask pickles what it ships (``distributed.protocol.pickle``).
+
+    A value of a class defined in a ``__main__`` the workers cannot import (``python -c``,
+    a notebook) pickles by reference, which the worker cannot resolve: Dask then pickles
+    by value (cloudpickle), so ``submit``'s tasks carry it, and so must the annotation.
+    """
+    try:
+        from distributed.protocol.pickle import dumps
+
+        return bytes(dumps(found))
+    except Exception:  # pragma: no cover - defensive: plain pickle
+        return pickle.dumps(found, pickle.HIGHEST_PROTOCOL)
 
 
 def annotate_tasks(

@@ -229,3 +229,37 @@ def test_dask_worker_hop_spans_are_exported_in_the_submitters_trace(
     assert all(h["attributes"]["ctxrelay.origin.process.pid"] == os.getpid() for h in hops)
     assert all(h["resource"]["service.name"] == "dask-worker" for h in hops)
     assert os.environ.get("CTXRELAY_ENABLED") is None  # this process was never activated
+
+
+def test_coroutine_tasks_are_carried_to_activated_worker_processes(activated, otlp, tracer) -> None:
+    """``async def`` submitted: awaited on the worker as bare, with the values and a hop."""
+
+    def submits(tag: str) -> list[dict]:
+        ps.set_all("r-1", "t-1", "s-1")
+        with tracer.start_as_current_span("submit") as span:
+            futures = [activated.submit(ps.seen_async, f"{tag}-submit", pure=False)]
+            futures += activated.map(ps.seen_async, [f"{tag}-m1", f"{tag}-m2"], pure=False)
+            out = activated.gather(futures)
+        ps.reset_all()
+        return [*out, {"trace_id": format(span.get_span_context().trace_id, "032x")}]
+
+    bare = submits("bare")
+    assert [(s["tag"], s["request_id"], s["trace_id"]) for s in bare[:3]] == [
+        ("bare-submit", "-", None),
+        ("bare-m1", "-", None),
+        ("bare-m2", "-", None),
+    ]
+    ctxrelay.instrument(process_vars=ps.DECLARED)
+    otlp.clear()
+    out = submits("carried")
+    trace_id = out[-1]["trace_id"]
+    assert [
+        (s["tag"], s["request_id"], s["tenant"], s["secret"], s["trace_id"]) for s in out[:3]
+    ] == [
+        ("carried-submit", "r-1", "t-1", "-", trace_id),
+        ("carried-m1", "r-1", "t-1", "-", trace_id),
+        ("carried-m2", "r-1", "t-1", "-", trace_id),
+    ]
+    hops = _dask_hops(otlp.wait_for(3, timeout=TIMEOUT, where=lambda s: bool(_dask_hops([s]))))
+    assert sorted(h["name"] for h in hops) == ["dask seen_async"] * 3
+    assert {h["trace_id"] for h in hops} == {trace_id}

@@ -33,7 +33,10 @@ provider anyway.  A second ``set_tracer_provider`` is refused, as without ctxrel
 **Nothing idle runs.**  The batch processor's export thread is started on the first span
 that ends, not at start-up: a process that records no span has no extra thread, so
 ``os.fork()`` children, ``threading.active_count()`` and the at-fork hooks are as without
-ctxrelay.  Spans are flushed at exit by the SDK's ``atexit`` shutdown.
+ctxrelay.  Spans are flushed at exit by the SDK's ``atexit`` shutdown.  An installed
+exporter (``otlp``, ``console``...) is imported and constructed then too, not at start-up:
+the OTLP exporters import ``ssl`` and the rest of their network stack, which an
+application that monkey-patches after it started (gevent) must find not yet imported.
 
 A failure never stops the application: one line on stderr says what failed and what
 still works (context is carried into threads whatever happens here).
@@ -127,14 +130,20 @@ def _entry_point_name(name: str) -> str:
     return _OTLP[protocol]
 
 
-def _exporter_class(name: str) -> Any:
+def _exporter(name: str, report: Callable[[str], None]) -> Any:
+    """The exporter ``name`` names: ctxrelay's own at once, an installed one deferred.
+
+    An installed exporter's entry point is looked up here (a missing one is reported at
+    start-up), but its module is imported and the exporter constructed only when the
+    first span ends (:class:`_DeferredExporter`).
+    """
     from ctxrelay.config import shown
 
     entry = _entry_point_name(name)
     if entry == DEFAULT_EXPORTER:  # ours: no scan of every installed distribution
         from ctxrelay.exporters.tree import TreeSpanExporter
 
-        return TreeSpanExporter
+        return TreeSpanExporter()
     from opentelemetry.util._importlib_metadata import entry_points
 
     found = list(entry_points(group=_EXPORTER_GROUP, name=entry))
@@ -148,13 +157,47 @@ def _exporter_class(name: str) -> Any:
                 else f" (no {_EXPORTER_GROUP} entry point {entry!r})"
             )
         )
-    try:
-        return found[0].load()
-    except Exception as exc:  # reported as what failed
-        raise SetupError(
-            f"OTEL_TRACES_EXPORTER={shown(name)}: the exporter failed to load "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+    return _DeferredExporter(name, found[0], report)
+
+
+class _DeferredExporter:
+    """An installed exporter, imported and constructed when the first span ends.
+
+    The OTLP exporters import their network stack at their top (``requests``, ``urllib3``
+    and ``ssl``; ``grpc``).  A process that monkey-patches once it has started (a Celery
+    worker with ``-P gevent``, gevent's or eventlet's servers) would patch ``ssl`` after
+    start-up imported it: gevent warns ("Monkey-patching ssl after ssl has already been
+    imported"), and the modules that bound ssl's names at their import keep the
+    unpatched ones.  Deferred, the exporter is imported where the application would
+    have imported it, after its patching, and a process that ends no span never
+    imports it.  A failure then (the import, the constructor) gives the one stderr line
+    start-up would have given; that exporter's spans are dropped.
+    """
+
+    def __init__(self, name: str, entry_point: Any, report: Callable[[str], None]) -> None:
+        self.name = name
+        self.entry_point = entry_point
+        self.report = report
+
+    def build(self) -> Any:
+        """The exporter, or None (reported) when it cannot be imported or constructed."""
+        try:
+            return self.entry_point.load()()
+        except Exception as exc:
+            from ctxrelay.config import shown
+
+            self.report(
+                f"ctxrelay: OTEL_TRACES_EXPORTER={shown(self.name)}: the exporter failed to "
+                f"load ({type(exc).__name__}: {exc}). Its spans are dropped; context is "
+                "still carried into threads."
+            )
+            return None
+
+    def shutdown(self, timeout_millis: float | None = None) -> None:
+        pass  # never built: nothing to shut down (and nothing to import at exit)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
 
 
 def _sampler() -> Any:
@@ -197,7 +240,7 @@ def configure_from_env(report: Callable[[str], None] | None = None) -> bool:
     raw = _env("OTEL_TRACES_EXPORTER")
     for name in _names("OTEL_TRACES_EXPORTER") if raw else [default_exporter()]:
         try:
-            exporters.append((name, _exporter_class(name)()))
+            exporters.append((name, _exporter(name, report)))
         except SetupError as exc:
             problems.append(str(exc))
         except Exception as exc:  # the exporter's own constructor
@@ -425,6 +468,15 @@ class _ForkSafeExporter:
         #: a subprocess) must not wait for the lock its own thread holds.
         self.owner: int | None = None
 
+    def resolve(self) -> bool:
+        """Build a deferred exporter (once; under the processor's lock): False if it failed."""
+        if isinstance(self.exporter, _DeferredExporter):
+            built = self.exporter.build()
+            if built is None:
+                return False
+            self.exporter = built
+        return True
+
     def export(self, batch: Any) -> Any:
         with self.lock:
             self.owner = threading.get_ident()
@@ -531,7 +583,9 @@ class _LazyBatchProcessor(SpanProcessor):
                     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
                     exporter: Any = self._exporter  # a SpanExporter by duck typing
-                    self._inner = BatchSpanProcessor(exporter)
+                    self._inner = (
+                        BatchSpanProcessor(exporter) if self._exporter.resolve() else _DROPPED
+                    )
                 inner = self._inner
         return inner
 
@@ -552,3 +606,22 @@ class _LazyBatchProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         inner = self._inner
         return True if inner is None else bool(inner.force_flush(timeout_millis))
+
+
+class _Dropped:
+    """The processor of an exporter that failed to build: its spans go nowhere."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: Any) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+_DROPPED = _Dropped()

@@ -48,6 +48,38 @@ def runs_counted(path):
     return ps.runs_counted(path)
 
 
+@app.task(name="gathered")
+def gathered(key, count, tag=None):
+    """Wait until ``count`` tasks under ``key`` run at once, then report what each sees.
+
+    For a gevent worker (tests/test_runner_celery_gevent.py): the wait polls Redis and
+    sleeps, both of which yield to the other greenlets once Celery has monkey-patched;
+    every task reads its values before the others are all running and again after a
+    sleep, while they are.
+    """
+    import threading
+    import time
+
+    import redis
+    from gevent.monkey import get_original
+
+    client = redis.Redis.from_url(os.environ["CTXRELAY_TEST_REDIS"])
+    before = ps.seen(tag)
+    running = client.incr(key)
+    deadline = time.monotonic() + 30
+    while running < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+        running = int(client.get(key))
+    time.sleep(0.05)
+    return {
+        "before": before,
+        "after": ps.seen(tag),
+        "running": running,
+        "greenlet": threading.get_ident(),  # gevent's, once patched
+        "os_thread": get_original("threading", "get_native_id")(),
+    }
+
+
 if os.environ.get("CTXRELAY_TEST_OTEL_CELERY") == "1":
     # The worker side of tests/test_runner_celery_otel.py: OpenTelemetry's own Celery
     # instrumentation, on in the worker process (prefork children inherit its receivers).

@@ -1,12 +1,15 @@
 """Celery with a real Redis broker and result backend and a real ``celery worker``.
 
-For each worker pool (prefork, threads, solo): first a worker and a publisher without
-ctxrelay (the declared values are lost, a task's values stay for the next task, the
-worker's spans are nowhere); then an activated worker (``CTXRELAY_ENABLED=1``, same
-``OTEL_*`` configuration) and an instrumented publisher.  The two declared variables
-cross (``delay``, ``apply_async``, a chain, a group, a chord), ``SECRET`` never does,
-nothing reaches the next task, and the worker's hop spans, exported over OTLP to a real
-receiver and flushed when the worker is stopped, sit in the publisher's trace.
+For each worker pool (prefork, threads, solo, gevent): first a worker and a publisher
+without ctxrelay (the declared values are lost, a task's values stay for the next task
+that runs in the same thread (not under gevent: each task's greenlet starts with an empty
+context), the worker's spans are nowhere); then an activated worker
+(``CTXRELAY_ENABLED=1``, same ``OTEL_*`` configuration) and an instrumented publisher.
+The two declared variables cross (``delay``, ``apply_async``, a chain, a group, a
+chord), ``SECRET`` never does, nothing reaches the next task, and the worker's hop spans,
+exported over OTLP to a real receiver and flushed when the worker is stopped, sit in the
+publisher's trace.  The gevent pool's own risks (tasks at once in greenlets of one
+thread, its monkey-patching after start-up) are in tests/test_runner_celery_gevent.py.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from redis_support import redis_url  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 CELERY = Path(sys.executable).parent / "celery"
-POOLS = ["prefork", "threads", "solo"]
+POOLS = ["prefork", "threads", "solo", "gevent"]
 TIMEOUT = 60
 
 
@@ -64,7 +67,14 @@ def _reset_vars():
 
 class Worker:
     def __init__(
-        self, redis: str, pool: str, otlp: Receiver, activated: bool, log: Path, **extra: str
+        self,
+        redis: str,
+        pool: str,
+        otlp: Receiver,
+        activated: bool,
+        log: Path,
+        concurrency: int = 1,
+        **extra: str,
     ):
         env = base_env(
             otlp.env(),
@@ -79,7 +89,7 @@ class Worker:
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
-                [str(CELERY), "-A", "celery_app", "worker", "-P", pool, "-c", "1",
+                [str(CELERY), "-A", "celery_app", "worker", "-P", pool, "-c", str(concurrency),
                  "--without-gossip", "--without-mingle", "--without-heartbeat",
                  "-l", "info", "-n", f"w-{pool}-{int(activated)}@%h"],
                 cwd=TESTS, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -133,6 +143,8 @@ def _carried(out: dict) -> list[dict]:
 def test_celery_pool_carries_declared_values_and_trace(
     pool, app, redis, otlp, tracer, tmp_path
 ) -> None:
+    if pool == "gevent":
+        pytest.importorskip("gevent", reason="gevent is not installed (the frameworks extra)")
     otlp.clear()
     worker = Worker(redis, pool, otlp, activated=False, log=tmp_path / "bare.log")
     try:
@@ -142,7 +154,9 @@ def test_celery_pool_carries_declared_values_and_trace(
     # Lost (or, after set_then_seen ran, a previous task's value), never the publisher's.
     assert all(seen["request_id"] != "r-1" and seen["trace_id"] != bare["trace_id"]
                for seen in _carried(bare))  # fmt: skip
-    assert bare["next"]["request_id"] == "leaked-x"  # a task's values outlive it
+    # A task's values outlive it in a thread that runs the next task; a gevent task
+    # runs in a greenlet of its own, which starts with an empty context.
+    assert bare["next"]["request_id"] == ("-" if pool == "gevent" else "leaked-x")
     assert otlp.wait_for(1, timeout=1) == []
 
     ctxrelay.instrument(process_vars=ps.DECLARED)

@@ -16,7 +16,10 @@ Celery's signal dispatches: this module only *uses* three public signals.
   ``task_postrun`` (sent in a ``finally``, also after a failure) ends it, with ERROR
   when the task failed, and resets every value, so the next task on the same worker
   process or thread sees none of them.  Prefork, threads and solo pools all send both
-  signals in the thread that runs the task.
+  signals in the thread that runs the task; the gevent pool (read in
+  ``celery/concurrency/gevent.py``) in the task's own greenlet, which starts with an
+  empty context: what the prerun set and the tokens the postrun resets it with stay
+  with that task while other tasks' greenlets run in the same thread.
 * With ``opentelemetry-instrumentation-celery`` active it carries the trace and records
   the task's spans itself: the carrier then holds the values only (one trace, no double
   spans).
@@ -49,7 +52,8 @@ RUNNER = "celery"
 HEADER = "ctxrelay"
 _UID = "ctxrelay.runners.celery"
 
-#: (task id, thread) -> what task_prerun set, for task_postrun to undo.
+#: (task id, thread) -> what task_prerun set, for task_postrun to undo.  Under gevent's
+#: monkey-patching ``threading.get_ident`` is the greenlet's (the task id alone is unique).
 _entered: dict[tuple[Any, int], carrier.Entered] = {}
 
 

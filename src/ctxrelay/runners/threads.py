@@ -161,20 +161,32 @@ class _Start(functools.partial):
     copy (no Python frame of ctxrelay's in the new thread), else :func:`_run_carried` /
     :func:`_run_314`.  A ``partial``, called from C, holding its capture only until the
     thread's function returns: ``_thread`` drops it then, before ``join()`` is released.
-    ``__self__`` is the thread, as on the bound method it stands for: a tool between
-    ctxrelay and the real thread start that looks for the Thread there (pydevd's start-up
-    object) still finds it; and the repr is the bootstrap's (``_thread`` names the
-    function in "Exception ignored in thread started by").
+    It reads as the bound method it stands for (:data:`_READ_AS_BOOTSTRAP`): a tool
+    between ctxrelay and the real thread start looks for the Thread in ``__self__``
+    (pydevd's start-up object), and eventlet (3.10-3.12) releases a green thread's
+    ``_tstate_lock`` itself only for a function whose ``__module__`` is ``threading``
+    (else ``join()`` never returns); and the repr is the bootstrap's (``_thread`` names
+    the function in "Exception ignored in thread started by").  Looked up only when
+    asked: the call itself (from C) reads no attribute.
     """
 
     __slots__ = ()
 
-    @property
-    def __self__(self) -> Any:
-        return self.args[1].__self__
+    def __getattribute__(self, name: str) -> Any:
+        if name in _READ_AS_BOOTSTRAP:
+            return getattr(_partial_attribute(self, "args")[1], name)
+        return _partial_attribute(self, name)
 
     def __repr__(self) -> str:
         return repr(self.args[1])
+
+
+#: What :class:`_Start` answers as the ``thread._bootstrap`` bound method does (a
+#: partial's own ``__module__`` is the class's, ``ctxrelay.runners.threads``).
+_READ_AS_BOOTSTRAP = frozenset(
+    {"__self__", "__func__", "__module__", "__name__", "__qualname__", "__doc__"}
+)
+_partial_attribute = functools.partial.__getattribute__
 
 
 def _capture_at_start(

@@ -62,7 +62,7 @@ def test_the_function_handed_to_the_thread_start_reads_as_the_bootstrap(spans: b
         ctxrelay.uninstrument()
     finally:
         setattr(threading, threads._START, original)
-    for thread, read in zip(started, seen):
+    for thread, read in zip(started, seen, strict=True):
         assert read.pop("__self__") is thread, "__self__ is the Thread started"
     bare, instrumented = seen
     assert bare["__module__"] == "threading" and bare["__name__"] == "_bootstrap"

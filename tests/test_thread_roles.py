@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import gc
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -99,8 +100,49 @@ def test_the_memory_is_bounded_and_keeps_no_function() -> None:
     for i in range(_thread_roles._VERDICTS_MAX * 2):
         thread = threading.Thread(target=_target(box, module=f"generated_module_{i}"))
         assert not _thread_roles.is_exempt(thread)
-    assert 0 < len(_thread_roles._verdicts) <= _thread_roles._VERDICTS_MAX
-    assert all(type(key) is str for key in _thread_roles._verdicts)
+    verdicts = _thread_roles._memory[2]
+    assert 0 < len(verdicts) <= _thread_roles._VERDICTS_MAX
+    assert all(type(key) is str for key in verdicts)
     # still right after being emptied when full
     worker = threading.Thread(target=_target(box, "concurrent.futures.thread", "_worker"))
     assert _thread_roles.is_exempt(worker)
+
+
+def test_a_registration_during_a_decision_is_not_remembered_stale(monkeypatch) -> None:
+    """``exempt_target`` racing a start that is deciding a module, while a third start
+    decides another module: the decision taken from the registry as it was must not be
+    remembered as the answer under the registry as it is now (the registered target
+    would capture until the next registration).  The interleaving is made exact in one
+    thread: a profile function runs the other two steps while the decision is being
+    computed (at its prefix match, a C call the profiler sees).
+    """
+    monkeypatch.setattr(_thread_roles, "EXEMPT_TARGETS", _thread_roles.EXEMPT_TARGETS)
+    box: list[str] = []
+    job = _target(box, module="app_module_raced", qualname="job")
+    other = threading.Thread(target=_target(box, module="app_module_other"))
+    raced = threading.Thread(target=_target(box, module="app_module_raced", qualname="job"))
+    monkeypatch.setattr(_thread_roles, "EXEMPT_TARGET_PREFIXES", ("some_sdk.",))  # cold
+    steps: list[str] = []
+
+    def interleave(frame: Any, event: str, arg: Any) -> None:
+        if (
+            event == "c_call"
+            and not steps
+            and getattr(arg, "__name__", None) == "startswith"
+            and getattr(arg, "__self__", None) == "app_module_raced"
+        ):
+            steps.append("registered")
+            _thread_roles.exempt_target(job)  # another thread registers ...
+            _thread_roles.is_exempt(other)  # ... and a third start decides its module
+
+    sys.setprofile(interleave)
+    try:
+        during = _thread_roles.is_exempt(raced)
+    finally:
+        sys.setprofile(None)
+    assert steps == ["registered"], "the interleaving happened"
+    assert during is False, "decided from the registry it read"
+    assert _thread_roles.is_exempt(raced), "the registration holds from the next start on"
+    ctxrelay.instrument(spans=False)
+    _seen_in_thread(job)
+    assert box == ["EMPTY"], "and the thread starts empty, as an exempt one does"

@@ -84,7 +84,7 @@ _LISTED_TARGETS: set[tuple[str, str]] = {
     ("tornado.platform.asyncio", "SelectorThread._run_select"),
 }
 #: The above, frozen (:func:`exempt_target` replaces it): what is exempt in a module is
-#: decided once (:data:`_verdicts`).
+#: decided once (:data:`_memory`).
 EXEMPT_TARGETS: frozenset[tuple[str, str]] = frozenset(_LISTED_TARGETS)
 
 #: ``(module, qualname)`` of thread classes that serve many pieces of work.
@@ -138,29 +138,37 @@ def exempt_class(cls: type) -> None:
 #: instead of building a ``(module, qualname)`` pair and matching the prefixes.  Keyed
 #: by module name strings only (nothing of a user's function is kept alive) and
 #: bounded.  Both registries are immutable: replacing either (:func:`exempt_target`,
-#: a test's monkeypatch) empties it.
-_verdicts: dict[str, bool | frozenset[str]] = {}
+#: a test's monkeypatch) makes a new, empty memory.
+#:
+#: ``(targets, prefixes, verdicts)``, one object read at once: a decision is stored in
+#: the dict of the registries it was taken from, so that a start deciding from the
+#: registries as they were while another thread replaces them can only fill a memory
+#: that is already discarded (two globals, checked and then written, let such a start
+#: store its stale answer under the new registries).
+_memory: tuple[frozenset[tuple[str, str]], tuple[str, ...], dict[str, bool | frozenset[str]]] = (
+    EXEMPT_TARGETS,
+    EXEMPT_TARGET_PREFIXES,
+    {},
+)
 _VERDICTS_MAX = 512
-#: What :data:`_verdicts` was built from.
-_verdicts_targets: frozenset[tuple[str, str]] = EXEMPT_TARGETS
-_verdicts_prefixes: tuple[str, ...] = EXEMPT_TARGET_PREFIXES
 
 
 def _verdict(module: str) -> bool | frozenset[str]:
-    """What is exempt in ``module`` (see :data:`_verdicts`), remembered."""
-    global _verdicts_targets, _verdicts_prefixes
+    """What is exempt in ``module`` (see :data:`_memory`), remembered."""
+    global _memory
     targets, prefixes = EXEMPT_TARGETS, EXEMPT_TARGET_PREFIXES
-    if _verdicts_targets is not targets or _verdicts_prefixes is not prefixes:
-        _verdicts.clear()
-        _verdicts_targets, _verdicts_prefixes = targets, prefixes
+    memory = _memory
+    if memory[0] is not targets or memory[1] is not prefixes:
+        memory = _memory = (targets, prefixes, {})
+    verdicts = memory[2]
     verdict: bool | frozenset[str]
     if module.startswith(prefixes):
         verdict = True
     else:
         verdict = frozenset(name for owner, name in targets if owner == module) or False
-    if len(_verdicts) >= _VERDICTS_MAX:
-        _verdicts.clear()
-    _verdicts[module] = verdict
+    if len(verdicts) >= _VERDICTS_MAX:
+        verdicts.clear()
+    verdicts[module] = verdict
     return verdict
 
 
@@ -172,7 +180,7 @@ def is_exempt(thread: threading.Thread) -> bool:
     readers, Sentry's transport worker, batchers, profilers and flushers).
     """
     # Asked at every start(): _name_of inlined, a plain Thread's class not looked up, and
-    # the target's module decided once (_verdicts).
+    # the target's module decided once (_memory).
     cls = type(thread)
     if cls is not _Thread and (cls.__module__, cls.__qualname__) in EXEMPT_CLASSES:
         return True
@@ -184,12 +192,9 @@ def is_exempt(thread: threading.Thread) -> bool:
     module = fn.__module__  # any object: None for a function made without a module
     if type(module) is not str:
         return False
-    verdict = _verdicts.get(module)
-    if (
-        verdict is None
-        or _verdicts_targets is not EXEMPT_TARGETS
-        or _verdicts_prefixes is not EXEMPT_TARGET_PREFIXES
-    ):
+    targets, prefixes, verdicts = _memory
+    verdict = verdicts.get(module)
+    if verdict is None or targets is not EXEMPT_TARGETS or prefixes is not EXEMPT_TARGET_PREFIXES:
         verdict = _verdict(module)
     if verdict is False:
         return False

@@ -44,6 +44,7 @@ still works (context is carried into threads whatever happens here).
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
@@ -517,7 +518,12 @@ class _LazyBatchProcessor(SpanProcessor):
     def __init__(self, exporter: Any) -> None:
         self._exporter = _ForkSafeExporter(exporter)
         self._inner: Any = None
+        #: Held by the one caller building the processor, taken only without blocking.
         self._lock = threading.Lock()
+        #: Spans that ended while another caller was building (see :meth:`on_end`).
+        self._pending: collections.deque[Any] = collections.deque()
+        self._shut = False
+        self._builder: int | None = None
         self._held: list[Any] = []
         if hasattr(os, "register_at_fork"):
             import weakref
@@ -572,32 +578,79 @@ class _LazyBatchProcessor(SpanProcessor):
         # the child does not have: the child gets fresh ones, never a lock held for ever.
         self._held = []
         self._lock = threading.Lock()
+        self._pending = collections.deque()  # the parent's spans: the parent exports them
         self._exporter.lock = threading.Lock()
         self._exporter.owner = None
 
-    def _processor(self) -> Any:
-        inner = self._inner
-        if inner is None:
-            with self._lock:
-                if self._inner is None:
-                    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    def _build(self) -> Any:
+        """The SDK's processor for the exporter, or :data:`_DROPPED` when it cannot be built."""
+        try:
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-                    exporter: Any = self._exporter  # a SpanExporter by duck typing
-                    self._inner = (
-                        BatchSpanProcessor(exporter) if self._exporter.resolve() else _DROPPED
-                    )
-                inner = self._inner
-        return inner
+            exporter: Any = self._exporter  # a SpanExporter by duck typing
+            return BatchSpanProcessor(exporter) if self._exporter.resolve() else _DROPPED
+        except Exception:  # e.g. no new thread at interpreter shutdown: never into the app
+            return _DROPPED
+
+    def _drain(self, inner: Any) -> None:
+        pending = self._pending
+        while True:
+            try:
+                span = pending.popleft()  # atomic: each span is handed on exactly once
+            except IndexError:
+                return
+            inner.on_end(span)
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         if self._inner is not None:
             self._inner.on_start(span, parent_context=parent_context)
 
     def on_end(self, span: Any) -> None:
-        self._processor().on_end(span)
+        """Hand ``span`` on; the first one builds the processor (and imports the exporter).
+
+        Only one caller builds, and no caller ever waits for it: the build imports
+        modules and starts a thread, and a caller that blocked on it could never be
+        woken.  Under gevent, greenlets of one thread share it, and ``Thread.start()``
+        in the build switches to another greenlet that blocked the whole thread on the
+        (unpatched) lock; a signal handler that ends a span interrupts the build in the
+        thread that holds the lock.  Such a span waits in a queue the builder empties.
+        """
+        inner = self._inner
+        if inner is None:
+            if self._shut:
+                return  # as the SDK's processor after shutdown: dropped
+            if not self._lock.acquire(blocking=False):
+                self._pending.append(span)
+                inner = self._inner
+                if inner is not None:  # the build ended between our two looks
+                    self._drain(inner)
+                return
+            try:
+                if self._inner is None:
+                    self._builder = threading.get_ident()
+                    self._inner = self._build()
+                inner = self._inner
+                # Handed on before the lock is released: a shutdown that waited for the
+                # build (at exit) then flushes these spans too.
+                self._drain(inner)
+                inner.on_end(span)
+            finally:
+                self._builder = None
+                self._lock.release()
+            return
+        inner.on_end(span)
 
     def shutdown(self) -> None:
+        """Flush and stop, after a build in flight (at exit: a daemon thread's first span)."""
+        self._shut = True
         inner = self._inner
+        if inner is None and self._builder not in (None, threading.get_ident()):
+            try:
+                if self._lock.acquire(timeout=FORK_WAIT):
+                    self._lock.release()
+            except Exception:  # never stop an exit
+                pass
+            inner = self._inner
         if inner is not None:
             inner.shutdown()
         else:

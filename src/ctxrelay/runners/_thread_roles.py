@@ -44,48 +44,49 @@ _Thread = threading.Thread
 _MethodType = types.MethodType
 _FunctionType = types.FunctionType
 
-#: ``(module, qualname)`` of thread targets that serve many pieces of work.
-_LISTED_TARGETS: set[tuple[str, str]] = {
-    # concurrent.futures.ThreadPoolExecutor's workers
-    ("concurrent.futures.thread", "_worker"),
-    # multiprocessing.pool.ThreadPool: workers and the three handler threads
-    ("multiprocessing.pool", "worker"),
-    ("multiprocessing.pool", "Pool._handle_workers"),
-    ("multiprocessing.pool", "Pool._handle_tasks"),
-    ("multiprocessing.pool", "Pool._handle_results"),
-    # multiprocessing.Queue's feeder thread (also under ProcessPoolExecutor's queues)
-    ("multiprocessing.queues", "Queue._feed"),
-    # multiprocessing's fd/handle sharing server, and a manager's server threads
-    ("multiprocessing.resource_sharer", "_ResourceSharer._serve"),
-    ("multiprocessing.managers", "Server.accepter"),
-    ("multiprocessing.managers", "Server.handle_request"),
-    # logging.handlers.QueueListener
-    ("logging.handlers", "QueueListener._monitor"),
-    # asyncio.run()'s shutdown_default_executor() helper (and anyio's copy for 3.10)
-    ("asyncio.base_events", "BaseEventLoop._do_shutdown"),
-    ("anyio._backends._asyncio", "_shutdown_default_executor.<locals>._do_shutdown"),
-    # asyncio's ThreadedChildWatcher: one waitpid thread per subprocess (3.8-3.13)
-    ("asyncio.unix_events", "ThreadedChildWatcher._do_waitpid"),
-    # anyio: the blocking portal's event loop (anyio gives it an empty context on
-    # 3.14 itself) and the socket selector thread
-    ("anyio.from_thread", "start_blocking_portal.<locals>.run_blocking_portal"),
-    ("anyio._core._asyncio_selector_thread", "Selector.run"),
-    # trio's thread cache (trio.to_thread.run_sync, anyio's trio backend): a worker is
-    # started by the first requester and serves every later job; trio runs each job in
-    # the requester's own copy already
-    ("trio._core._thread_cache", "WorkerThread._work"),
-    # Dask distributed's worker pool (a ThreadPoolExecutor subclass with a worker loop of
-    # its own, and the copy of concurrent.futures.thread it vendors); tasks carry their
-    # values in the task itself (runners/dask.py)
-    ("distributed.threadpoolexecutor", "_worker"),
-    ("distributed._concurrent_futures_thread", "_worker"),
-    # tornado's selector thread (AddThreadSelectorEventLoop: Windows' proactor loop, or
-    # asked for explicitly): serves the loop's every socket
-    ("tornado.platform.asyncio", "SelectorThread._run_select"),
-}
-#: The above, frozen (:func:`exempt_target` replaces it): what is exempt in a module is
-#: decided once (:data:`_memory`).
-EXEMPT_TARGETS: frozenset[tuple[str, str]] = frozenset(_LISTED_TARGETS)
+#: ``(module, qualname)`` of thread targets that serve many pieces of work.  Frozen
+#: (:func:`exempt_target` replaces it): what is exempt in a module is decided once
+#: (:data:`_memory`).
+EXEMPT_TARGETS: frozenset[tuple[str, str]] = frozenset(
+    {
+        # concurrent.futures.ThreadPoolExecutor's workers
+        ("concurrent.futures.thread", "_worker"),
+        # multiprocessing.pool.ThreadPool: workers and the three handler threads
+        ("multiprocessing.pool", "worker"),
+        ("multiprocessing.pool", "Pool._handle_workers"),
+        ("multiprocessing.pool", "Pool._handle_tasks"),
+        ("multiprocessing.pool", "Pool._handle_results"),
+        # multiprocessing.Queue's feeder thread (also under ProcessPoolExecutor's queues)
+        ("multiprocessing.queues", "Queue._feed"),
+        # multiprocessing's fd/handle sharing server, and a manager's server threads
+        ("multiprocessing.resource_sharer", "_ResourceSharer._serve"),
+        ("multiprocessing.managers", "Server.accepter"),
+        ("multiprocessing.managers", "Server.handle_request"),
+        # logging.handlers.QueueListener
+        ("logging.handlers", "QueueListener._monitor"),
+        # asyncio.run()'s shutdown_default_executor() helper (and anyio's copy for 3.10)
+        ("asyncio.base_events", "BaseEventLoop._do_shutdown"),
+        ("anyio._backends._asyncio", "_shutdown_default_executor.<locals>._do_shutdown"),
+        # asyncio's ThreadedChildWatcher: one waitpid thread per subprocess (3.8-3.13)
+        ("asyncio.unix_events", "ThreadedChildWatcher._do_waitpid"),
+        # anyio: the blocking portal's event loop (anyio gives it an empty context on
+        # 3.14 itself) and the socket selector thread
+        ("anyio.from_thread", "start_blocking_portal.<locals>.run_blocking_portal"),
+        ("anyio._core._asyncio_selector_thread", "Selector.run"),
+        # trio's thread cache (trio.to_thread.run_sync, anyio's trio backend): a worker is
+        # started by the first requester and serves every later job; trio runs each job in
+        # the requester's own copy already
+        ("trio._core._thread_cache", "WorkerThread._work"),
+        # Dask distributed's worker pool (a ThreadPoolExecutor subclass with a worker loop of
+        # its own, and the copy of concurrent.futures.thread it vendors); tasks carry their
+        # values in the task itself (runners/dask.py)
+        ("distributed.threadpoolexecutor", "_worker"),
+        ("distributed._concurrent_futures_thread", "_worker"),
+        # tornado's selector thread (AddThreadSelectorEventLoop: Windows' proactor loop, or
+        # asked for explicitly): serves the loop's every socket
+        ("tornado.platform.asyncio", "SelectorThread._run_select"),
+    }
+)
 
 #: ``(module, qualname)`` of thread classes that serve many pieces of work.
 EXEMPT_CLASSES: set[tuple[str, str]] = {

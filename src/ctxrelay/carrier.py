@@ -192,6 +192,8 @@ def declared_paths() -> tuple[str, ...]:
 
 
 _SCALARS = (int, float, bool, type(None))
+#: What pickling adds to a text value's length (counted, not pickled: see _pickled_size).
+_TEXT_OVERHEAD = 8
 _TEXT = (str, bytes)
 
 
@@ -203,7 +205,7 @@ def _pickled_size(value: Any) -> int:
     """
     kind = type(value)
     if kind in _TEXT:
-        return len(value) + 8
+        return len(value) + _TEXT_OVERHEAD
     if kind in _SCALARS:
         return 16
     return len(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
@@ -273,7 +275,7 @@ def capture(
                 try:
                     kind = type(value)  # the usual ids and tenants, without a call each
                     if kind is str and size is _pickled_size:
-                        total += len(value) + 8
+                        total += len(value) + _TEXT_OVERHEAD  # _pickled_size, inlined
                     else:
                         total += size(value)
                 except Exception as exc:

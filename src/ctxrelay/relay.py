@@ -367,6 +367,7 @@ def carried_task(runner: str, fn: Any, fresh: bool = True) -> Any:
     if type(fn) is carrier.Task:
         return fn
     try:
+        # hand_over_carrier's two steps, inlined: this runs at every process-pool submit.
         _, hop = hand_over(runner, fn, carry=False)
         found = carrier.capture(runner, hop=hop is not None)
         return carrier.Task(fn, found, fresh) if found else fn

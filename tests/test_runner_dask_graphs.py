@@ -27,6 +27,7 @@ import dask  # noqa: E402
 
 import ctxrelay  # noqa: E402
 import process_support as ps  # noqa: E402
+from test_runner_dask import _cluster  # noqa: E402  (the same cluster of plain worker processes)
 
 TIMEOUT = 60
 
@@ -47,19 +48,8 @@ def inproc() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def processes() -> Iterator[Any]:
     """A client of a one-worker cluster of processes that never run ctxrelay."""
-    cluster = distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address="127.0.0.1:0",
-        host="127.0.0.1",
-        worker_dashboard_address=None,
-    )
-    try:
-        with distributed.Client(cluster) as client:
-            yield client
-    finally:
-        cluster.close()
+    with _cluster() as client:
+        yield client
 
 
 @pytest.fixture(autouse=True)

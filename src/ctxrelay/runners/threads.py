@@ -101,13 +101,25 @@ def _named(thread: threading.Thread) -> Any:
     return type(thread).run
 
 
-def _forget(thread: threading.Thread | None) -> None:
-    """The thread will not run what was captured for it: take the span's stand-in back."""
+def _forget(thread: threading.Thread | None, context_before: Any = None) -> None:
+    """The thread will not run what was captured for it: take the span's stand-in back,
+    and (3.14) put back the ``thread._context`` that ``start()`` had set.
+
+    The application may keep the Thread object after a refused start (to log it, to
+    retry with another one): the carried copy in ``thread._context`` would stay pinned
+    with it, where bare ``start()`` leaves an empty ``Context()`` (or CPython's own copy
+    with ``thread_inherit_context=1``).
+    """
     if thread is not None:
         try:
             started = thread.__dict__.get("_started")
             if type(started) is _StartsTheSpan:
                 thread.__dict__["_started"] = started.original
+            if _HAS_THREAD_CONTEXT:
+                own = thread.__dict__.get("_context")
+                if own is not context_before:
+                    relay.released(own)
+                    _set_thread_context(thread, context_before)
         except Exception:  # pragma: no cover - defensive
             pass
 
@@ -198,11 +210,13 @@ def _capture_at_start(
     capture.  Everything before the real call is guarded: on any failure the thread
     starts as it would without ctxrelay (nothing carried, one debug log).
     """
-    thread = start = None
+    thread = start = context_before = None
     try:
         function = args[0] if args else kwargs.get("function")
         if type(function) is _MethodType and isinstance(function.__self__, _Thread):
             thread = function.__self__
+            if _HAS_THREAD_CONTEXT:  # what start() set, for a start that fails (_forget)
+                context_before = thread.__dict__.get("_context")
             if not _HAS_THREAD_CONTEXT and relay._only_copy and not _span_settings.hops:
                 # What _capture amounts to before 3.14 with hop spans off, nothing to
                 # leave behind and nobody observing: run the bootstrap in a copy.
@@ -223,15 +237,16 @@ def _capture_at_start(
                     kwargs = {**kwargs, "function": start}
     except Exception:
         logger.debug("ctxrelay: could not capture for a thread; it starts uncarried", exc_info=True)
-        _forget(thread)
-        thread = start = None
+        _forget(thread, context_before)
+        thread = start = context_before = None
     try:
         if kwargs:
             return wrapped(*args, **kwargs)
         return wrapped(*args)
     except BaseException:
-        _forget(thread)  # "can't start new thread": let go of the capture
-        args = kwargs = start = None  # type: ignore[assignment]  # a kept exception keeps this frame
+        _forget(thread, context_before)  # "can't start new thread": let go of the capture
+        # a kept exception keeps this frame
+        args = kwargs = start = context_before = None  # type: ignore[assignment]
         raise
 
 

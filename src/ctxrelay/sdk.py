@@ -157,8 +157,18 @@ def _exporter(name: str, report: Callable[[str], None]) -> Any:
                 if hint
                 else f" (no {_EXPORTER_GROUP} entry point {entry!r})"
             )
+            + f"; allowed values here: {', '.join(_installed_exporters(entry_points))}"
         )
     return _DeferredExporter(name, found[0], report)
+
+
+def _installed_exporters(entry_points: Callable[..., Any]) -> list[str]:
+    """What ``OTEL_TRACES_EXPORTER`` may name in this environment (only when it names
+    something else: the scan reads every installed distribution's metadata)."""
+    names = {one.name for one in entry_points(group=_EXPORTER_GROUP)}
+    if any(value in names for value in _OTLP.values()):
+        names.add("otlp")  # resolved by OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+    return sorted(names | {DEFAULT_EXPORTER, "none"})
 
 
 class _DeferredExporter:

@@ -595,11 +595,20 @@ class _LazyBatchProcessor(SpanProcessor):
     def _build(self) -> Any:
         """The SDK's processor for the exporter, or :data:`_DROPPED` when it cannot be built."""
         try:
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
             exporter: Any = self._exporter  # a SpanExporter by duck typing
-            return BatchSpanProcessor(exporter) if self._exporter.resolve() else _DROPPED
-        except Exception:  # e.g. no new thread at interpreter shutdown: never into the app
+            if not self._exporter.resolve():
+                return _DROPPED
+            try:
+                return BatchSpanProcessor(exporter)
+            except RuntimeError:
+                # 3.12+ refuses new threads once the interpreter is shutting down ("can't
+                # create new thread at interpreter shutdown"): a process whose first span
+                # ends in an atexit handler exports it there and then, as the SDK's
+                # SimpleSpanProcessor does, instead of dropping it.
+                return SimpleSpanProcessor(exporter)
+        except Exception:  # never into the app
             return _DROPPED
 
     def _drain(self, inner: Any) -> None:

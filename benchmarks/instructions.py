@@ -67,6 +67,12 @@ SCENARIOS: dict[str, tuple[int, tuple[str, ...]]] = {
     # worker too: --trace-children), bare / ctxrelay with nothing declared / 3 declared
     # small variables carried (what benchmarks/processes.py times)
     "process_round_trip": (200, ("bare", "nothing", "carried")),
+    # the same pool's pickling of one call item (ForkingPickler.dumps) and the worker's
+    # unpickling (pickle.loads): the plain function, the cheapest wrapper that could run
+    # code on the worker (a one-slot class carrying nothing), a functools.partial, and
+    # ctxrelay's Task with the 3 small declared values (docs/processes.md, "The floor")
+    "task_pickle": (2_000, ("plain", "empty_wrapper", "partial", "task")),
+    "task_unpickle": (2_000, ("plain", "empty_wrapper", "partial", "task")),
 }
 
 
@@ -96,21 +102,13 @@ def _capture(config: str, size: int, n: int) -> None:
 
 def _process_round_trip(config: str, n: int) -> None:
     import multiprocessing
-    import tempfile
     from concurrent.futures import ProcessPoolExecutor
 
-    from processes import DECLARED, VARS_MODULE, noop
+    from processes import DECLARED, noop
 
     import ctxrelay
 
-    workdir = Path(tempfile.mkdtemp(prefix="ctxrelay-instructions-"))
-    (workdir / "bench_vars.py").write_text(VARS_MODULE)
-    sys.path.insert(0, str(workdir))  # the spawned worker gets the parent's sys.path
-    import bench_vars
-
-    bench_vars.A.set("req-0123456789")
-    bench_vars.B.set("tenant-acme")
-    bench_vars.C.set(42)
+    workdir = _bench_vars_module()
     if config != "bare":
         ctxrelay.instrument(process_vars=DECLARED if config == "carried" else [], spans=False)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -122,9 +120,59 @@ def _process_round_trip(config: str, n: int) -> None:
     os._exit(0)
 
 
+def _task_pickling(config: str, scenario: str, n: int) -> None:
+    import functools
+    import pickle
+    from concurrent.futures import process
+    from multiprocessing.reduction import ForkingPickler
+
+    from processes import DECLARED, OneSlot, noop
+
+    fn: Any = noop
+    if config == "task":
+        import ctxrelay
+        from ctxrelay import relay
+
+        _bench_vars_module()
+        ctxrelay.instrument(process_vars=DECLARED, spans=False)
+        fn = relay.carried_task("ProcessPoolExecutor", noop)
+    elif config == "empty_wrapper":
+        fn = OneSlot(noop)
+    elif config == "partial":
+        fn = functools.partial(noop)
+    item = process._CallItem(1, fn, (), {})
+    blob = bytes(ForkingPickler.dumps(item))
+    for _ in range(n):
+        if scenario == "task_pickle":
+            ForkingPickler.dumps(item)
+        else:
+            pickle.loads(blob)
+    os._exit(0)
+
+
+def _bench_vars_module() -> Path:
+    """``bench_vars`` (the 3 declared variables) importable and set, as processes.py has it;
+    the folder it was written in."""
+    import tempfile
+
+    from processes import VARS_MODULE
+
+    workdir = Path(tempfile.mkdtemp(prefix="ctxrelay-instructions-"))
+    (workdir / "bench_vars.py").write_text(VARS_MODULE)
+    sys.path.insert(0, str(workdir))  # a spawned worker gets the parent's sys.path
+    import bench_vars
+
+    bench_vars.A.set("req-0123456789")
+    bench_vars.B.set("tenant-acme")
+    bench_vars.C.set(42)
+    return workdir
+
+
 def _child(config: str, scenario: str, n: int) -> None:
     import threading
 
+    if scenario.startswith("task_"):
+        _task_pickling(config, scenario, n)
     if scenario.startswith("capture_"):
         _capture(config, int(scenario.split("_")[1]), n)
     if scenario == "process_round_trip":
@@ -188,15 +236,13 @@ def _count(config: str, scenario: str, n: int, python: str) -> int:
     else:
         command += [str(Path(__file__).resolve()), "--child", config, scenario, str(n)]
     # PYTHONDONTWRITEBYTECODE (some shells and CI images set it) would have every run
-    # compile ctxrelay from source, which no installed copy does.
+    # compile ctxrelay from source, which no installed copy does (see _compile_first).
     unset = ("CTXRELAY_", "OTEL_", "PYTHONDONTWRITEBYTECODE")
     env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
     env["PYTHONPATH"] = str(HERE.parent / "src")
     env["PYTHONHASHSEED"] = "0"  # the same dict layouts every run
     if scenario == "startup" and config == "enabled":
         env["CTXRELAY_ENABLED"] = "1"
-    if scenario == "startup":  # an uncounted start-up first writes the .pyc files
-        subprocess.run([python, "-c", "pass"], env=env, capture_output=True, check=False)
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     found = [int(count) for count in _COLLECTED.findall(done.stderr)]  # one per process
     if done.returncode != 0 or not found:
@@ -240,6 +286,7 @@ def main() -> int:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+    _compile_first()
     pythons = args.python or [sys.executable]
     if len(pythons) == 1:
         results: dict[tuple[str, str], float] = {}
@@ -252,6 +299,19 @@ def main() -> int:
         return 0
     _side_by_side(chosen, pythons)
     return 0
+
+
+def _compile_first() -> None:
+    """Write the .pyc files of ctxrelay and of these benchmarks before anything is counted.
+
+    Otherwise the first run after an edit (or every run, under PYTHONDONTWRITEBYTECODE)
+    compiles them from source, and of the n and 2n runs only one pays for it: the
+    difference, divided by n, comes out wildly wrong (negative, seen here).
+    """
+    import compileall
+
+    for folder in (HERE.parent / "src", HERE):
+        compileall.compile_dir(folder, quiet=1)
 
 
 def _side_by_side(chosen: list[str], pythons: list[str]) -> None:
@@ -304,6 +364,12 @@ def _summary(results: dict[tuple[str, str], float]) -> None:
                 f"process_round_trip: {config} adds {value - bare:,.0f} instructions per task "
                 f"(+{(value - bare) / bare:.1%} of bare's {bare:,.0f}, both processes)"
             )
+    for scenario in ("task_pickle", "task_unpickle"):
+        plain = results.get((scenario, "plain"))
+        for config in ("empty_wrapper", "partial", "task"):
+            value = results.get((scenario, config))
+            if plain is not None and value is not None:
+                print(f"{scenario}: {config} adds {value - plain:,.0f} instructions per call item")
     for scenario in ("pool_hop", "thread"):
         bare = results.get((scenario, "bare"))
         if bare is None:

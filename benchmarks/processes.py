@@ -48,6 +48,19 @@ def noop() -> None:
     return None
 
 
+class OneSlot:
+    """The cheapest picklable wrapper of a callable, carrying nothing: one slot and a
+    two-item ``__reduce__`` (``instructions.py --only task_pickle,task_unpickle``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: object) -> None:
+        self.fn = fn
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (OneSlot, (self.fn,))
+
+
 def _set_small_values() -> None:
     (WORKDIR / "bench_vars.py").write_text(VARS_MODULE)
     sys.path.insert(0, str(WORKDIR))

@@ -151,6 +151,19 @@ def base_env(extra: Mapping[str, str] | None = None, **overrides: str) -> dict[s
     return {k: v for k, v in env.items() if v is not None}
 
 
+def exporter_package(site: Path, name: str, source: str) -> dict[str, str]:
+    """An installed trace exporter ``name`` (module ``<name>_exporter``) on PYTHONPATH:
+    the environment that selects it."""
+    info = site / f"{name}_exporter-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-exporter\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[opentelemetry_traces_exporter]\n{name} = {name}_exporter:Exporter\n"
+    )
+    (site / f"{name}_exporter.py").write_text(source)
+    return {"PYTHONPATH": str(site), "OTEL_TRACES_EXPORTER": name}
+
+
 def run(
     cmd: Sequence[str | os.PathLike[str]], env: Mapping[str, str], cwd: Path
 ) -> subprocess.CompletedProcess[str]:

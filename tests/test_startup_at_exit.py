@@ -7,6 +7,10 @@ processor there failed and the span was lost, where an SDK the application set u
 itself (its export thread already running) exports it.  A CLI that records one span at
 exit (a summary, a flush of its own) is the everyday case.  The default Python passes
 either way; the 3.12-3.14 legs of the matrix are the ones that failed before the fix.
+
+With no thread to export from, the spans that end at exit go out in one batch at the
+provider's exit shutdown, and only to exporters that bound their own export: an
+exporter that never returns must not keep the process from exiting.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from activation_support import base_env, run
+from activation_support import base_env, exporter_package, run
 
 APP = """\
 import atexit, sys
@@ -33,8 +37,9 @@ from opentelemetry import trace
 
 
 def summary():
-    with trace.get_tracer("app").start_as_current_span("at-exit-summary"):
-        pass
+    for _ in range(int(sys.argv[2]) if len(sys.argv) > 2 else 1):
+        with trace.get_tracer("app").start_as_current_span("at-exit-summary"):
+            pass
 
 
 atexit.register(summary)
@@ -55,3 +60,56 @@ def test_a_first_span_ended_at_exit_is_exported(tmp_path: Path, exporter: str) -
     assert done.stdout.startswith("APP DONE")
     assert (done.stdout + done.stderr).count("at-exit-summary") == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+# An installed exporter whose export never returns.
+HANGING_EXPORTER = """\
+import threading
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+
+class Exporter:
+    def export(self, spans):
+        threading.Event().wait()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self):
+        pass
+
+    def force_flush(self, timeout_millis=30000):
+        return True
+"""
+
+
+def test_an_exporter_that_never_returns_does_not_hold_the_exit(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    installed = exporter_package(tmp_path / "site", "hanging", HANGING_EXPORTER)
+    done = run(
+        [sys.executable, "app.py", "activated"],
+        base_env(CTXRELAY_ENABLED="1", **installed),
+        tmp_path,
+    )  # before the batch at exit was limited to bounded exporters: killed at the timeout
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("APP DONE")
+
+
+def test_many_spans_at_exit_reach_the_collector_as_the_sdks_own_do(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    from otlp_receiver import Receiver
+
+    (tmp_path / "app.py").write_text(
+        APP.replace("ConsoleSpanExporter()", "OTLPSpanExporter()").replace(
+            "from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter",
+            "from opentelemetry.sdk.trace.export import BatchSpanProcessor\n    "
+            "from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter",
+        )
+    )
+    names = {}
+    with Receiver() as otlp:
+        for how, extra in (("bare", {}), ("activated", {"CTXRELAY_ENABLED": "1"})):
+            otlp.clear()
+            env = base_env(otlp.env(), **extra)
+            done = run([sys.executable, "app.py", how, "5"], env, tmp_path)
+            assert done.returncode == 0, done.stderr
+            names[how] = sorted(span["name"] for span in otlp.wait_for(5))
+    assert names["activated"] == names["bare"] == ["at-exit-summary"] * 5

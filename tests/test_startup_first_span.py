@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from activation_support import base_env, run
+from activation_support import base_env, exporter_package, run
 
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
 from otlp_receiver import Receiver
@@ -68,18 +68,6 @@ def test_greenlets_ending_their_first_spans_at_once_after_monkey_patching(
         assert sorted(s["name"] for s in spans) == sorted(f"greenlet-{i}" for i in range(20))
 
 
-def _exporter_package(site: Path, name: str, source: str) -> dict[str, str]:
-    """An installed trace exporter ``name`` (module ``<name>_exporter``) on PYTHONPATH."""
-    info = site / f"{name}_exporter-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-exporter\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        f"[opentelemetry_traces_exporter]\n{name} = {name}_exporter:Exporter\n"
-    )
-    (site / f"{name}_exporter.py").write_text(source)
-    return {"PYTHONPATH": str(site), "OTEL_TRACES_EXPORTER": name}
-
-
 # The OTLP exporter, whose import is interrupted by a signal (as a timer's, a child's
 # or a terminating one lands while the first span imports the network stack).
 SIGNALLED_EXPORTER = """\
@@ -116,7 +104,7 @@ def test_a_signal_handler_ends_a_span_while_the_first_span_builds_the_exporter(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "app.py").write_text(SIGNAL_APP)
-    installed = _exporter_package(tmp_path / "site", "signalled", SIGNALLED_EXPORTER)
+    installed = exporter_package(tmp_path / "site", "signalled", SIGNALLED_EXPORTER)
     expected = f"APP handled [{int(signal.SIGUSR1)}]\n"
     with Receiver() as otlp:
         bare = run(["python", "app.py"], base_env(otlp.env(), **installed), tmp_path)
@@ -164,7 +152,7 @@ print("APP DONE", flush=True)
 
 def test_a_daemon_threads_first_span_built_during_exit_is_exported(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(DAEMON_APP)
-    installed = _exporter_package(tmp_path / "site", "gated", GATED_EXPORTER)
+    installed = exporter_package(tmp_path / "site", "gated", GATED_EXPORTER)
     with Receiver() as otlp:
         # Bare: the SDK configured at start-up by its own configurator.
         bare_env = base_env(otlp.env(), **installed)
@@ -222,7 +210,7 @@ def test_a_broken_exporter_reports_once_when_many_threads_end_first_spans(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "app.py").write_text(THREADS_AT_ONCE)
-    installed = _exporter_package(
+    installed = exporter_package(
         tmp_path / "site", "broken", "raise ImportError('this exporter is broken')\n"
     )
     bare = run(["python", "app.py"], base_env(**installed), tmp_path)

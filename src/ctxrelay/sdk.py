@@ -87,6 +87,10 @@ class SetupError(Exception):
     """One part of the SDK set-up failed; the message says which setting and why."""
 
 
+class _NotInstalled(SetupError):
+    """``OTEL_TRACES_EXPORTER`` names an exporter this environment does not have."""
+
+
 def default_exporter() -> str:
     try:
         import ctxrelay.exporters.tree  # noqa: F401 - importable: use it
@@ -150,25 +154,36 @@ def _exporter(name: str, report: Callable[[str], None]) -> Any:
     found = list(entry_points(group=_EXPORTER_GROUP, name=entry))
     if not found:
         hint = _INSTALL_HINT.get(entry)
-        raise SetupError(
+        raise _NotInstalled(
             f"OTEL_TRACES_EXPORTER={shown(name)}: no such trace exporter is installed"
             + (
                 f" (pip install {hint})"
                 if hint
                 else f" (no {_EXPORTER_GROUP} entry point {entry!r})"
             )
-            + f"; allowed values here: {', '.join(_installed_exporters(entry_points))}"
         )
     return _DeferredExporter(name, found[0], report)
 
 
-def _installed_exporters(entry_points: Callable[..., Any]) -> list[str]:
-    """What ``OTEL_TRACES_EXPORTER`` may name in this environment (only when it names
-    something else: the scan reads every installed distribution's metadata)."""
-    names = {one.name for one in entry_points(group=_EXPORTER_GROUP)}
-    if any(value in names for value in _OTLP.values()):
-        names.add("otlp")  # resolved by OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
-    return sorted(names | {DEFAULT_EXPORTER, "none"})
+def _installed_exporters() -> str:
+    """What ``OTEL_TRACES_EXPORTER`` may name in this environment, for the one line that
+    says a name is not installed (the scan reads every installed distribution's metadata:
+    only then)."""
+    from opentelemetry.util._importlib_metadata import entry_points
+
+    names = {
+        one.name
+        for one in entry_points(group=_EXPORTER_GROUP)
+        if one.name.isprintable() and len(one.name) <= 64
+    }
+    try:
+        if _entry_point_name("otlp") in names:  # as OTEL_EXPORTER_OTLP_PROTOCOL resolves it
+            names.add("otlp")
+    except SetupError:
+        pass
+    if default_exporter() == DEFAULT_EXPORTER:
+        names.add(DEFAULT_EXPORTER)
+    return ", ".join(sorted(names | {"none"}))
 
 
 class _DeferredExporter:
@@ -247,6 +262,7 @@ def configure_from_env(report: Callable[[str], None] | None = None) -> bool:
     if _env("OTEL_CONFIG_FILE") or _env("OTEL_PYTHON_TRACER_CONFIGURATOR"):
         return _sdk_configurator(report)
     problems: list[str] = []
+    missing = False
     exporters: list[tuple[str, Any]] = []
     raw = _env("OTEL_TRACES_EXPORTER")
     for name in _names("OTEL_TRACES_EXPORTER") if raw else [default_exporter()]:
@@ -254,8 +270,11 @@ def configure_from_env(report: Callable[[str], None] | None = None) -> bool:
             exporters.append((name, _exporter(name, report)))
         except SetupError as exc:
             problems.append(str(exc))
+            missing = missing or isinstance(exc, _NotInstalled)
         except Exception as exc:  # the exporter's own constructor
             problems.append(f"OTEL_TRACES_EXPORTER={name}: {type(exc).__name__}: {exc}")
+    if missing:  # once, however many names are missing
+        problems.append(f"allowed values here: {_installed_exporters()}")
     if problems and not exporters:
         report(
             f"ctxrelay: {'; '.join(problems)}. No tracer provider was set: spans are not "
@@ -595,7 +614,7 @@ class _LazyBatchProcessor(SpanProcessor):
     def _build(self) -> Any:
         """The SDK's processor for the exporter, or :data:`_DROPPED` when it cannot be built."""
         try:
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
             exporter: Any = self._exporter  # a SpanExporter by duck typing
             if not self._exporter.resolve():
@@ -603,12 +622,10 @@ class _LazyBatchProcessor(SpanProcessor):
             try:
                 return BatchSpanProcessor(exporter)
             except RuntimeError:
-                # 3.12+ refuses new threads once the interpreter is shutting down ("can't
-                # create new thread at interpreter shutdown"): a process whose first span
-                # ends in an atexit handler exports it there and then, as the SDK's
-                # SimpleSpanProcessor does, instead of dropping it.
-                return SimpleSpanProcessor(exporter)
-        except Exception:  # never into the app
+                if _ExitBatch.wanted(self._exporter.exporter):
+                    return _ExitBatch(exporter)
+                raise
+        except Exception:  # e.g. no new thread (pthread EAGAIN): never into the app
             return _DROPPED
 
     def _drain(self, inner: Any) -> None:
@@ -634,10 +651,10 @@ class _LazyBatchProcessor(SpanProcessor):
         (unpatched) lock; a signal handler that ends a span interrupts the build in the
         thread that holds the lock.  Such a span waits in a queue the builder empties.
         """
+        if self._shut:
+            return  # as the SDK's processor after shutdown: dropped (and not logged)
         inner = self._inner
         if inner is None:
-            if self._shut:
-                return  # as the SDK's processor after shutdown: dropped
             if not self._lock.acquire(blocking=False):
                 self._pending.append(span)
                 inner = self._inner
@@ -678,6 +695,64 @@ class _LazyBatchProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         inner = self._inner
         return True if inner is None else bool(inner.force_flush(timeout_millis))
+
+
+class _ExitBatch:
+    """The processor of a first span that ends once the interpreter refuses new threads.
+
+    From 3.12 ``threading._shutdown()`` (which ``Py_FinalizeEx`` runs before the atexit
+    handlers) leaves no way to start the batch processor's thread: "can't create new
+    thread at interpreter shutdown".  The SDK's provider, whose own atexit shutdown runs
+    after every handler registered later, would have exported such a span from its
+    thread; here the spans are kept and exported in one batch by that shutdown (one
+    request, one exporter timeout, however many spans end at exit), in the exiting
+    thread.  Only for exporters that bound their own export (:meth:`wanted`): with no
+    thread there is nothing else to bound it, and an exit must not hang.
+    """
+
+    #: Exporters that bound their export: ctxrelay's tree and the SDK's console write to
+    #: a stream; the OTLP exporters stop at OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT.
+    _BOUNDED = (
+        "ctxrelay.exporters.",
+        "opentelemetry.sdk.trace.export",
+        "opentelemetry.exporter.otlp.",
+    )
+
+    def __init__(self, exporter: Any) -> None:
+        self._exporter = exporter
+        self._spans: list[Any] = []
+
+    @classmethod
+    def wanted(cls, exporter: Any) -> bool:
+        """At interpreter shutdown (read in 3.10-3.14's threading.py), for a bounded exporter."""
+        module = str(getattr(type(exporter), "__module__", ""))
+        return bool(getattr(threading, "_SHUTTING_DOWN", False)) and (
+            module.startswith(cls._BOUNDED)
+        )
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: Any) -> None:
+        context = span.context
+        if context is not None and context.trace_flags.sampled:  # as the SDK's processors
+            self._spans.append(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        spans, self._spans = self._spans, []
+        if spans:
+            try:
+                self._exporter.export(tuple(spans))
+            except Exception:  # never into the app
+                return False
+        return True
+
+    def shutdown(self) -> None:
+        self.force_flush()
+        try:
+            self._exporter.shutdown()
+        except Exception:  # never into the app
+            pass
 
 
 class _Dropped:

@@ -1,4 +1,10 @@
-"""The Celery app of tests/test_runner_celery.py: broker and backend from CTXRELAY_TEST_REDIS."""
+"""The Celery app of tests/test_runner_celery*.py: broker and backend from CTXRELAY_TEST_REDIS.
+
+The tests import it afresh for each test (celery_support.imported_app): its tasks are
+``shared=False``, so that a new import's app registers its own functions only, not the
+ones an earlier import left in Celery's process-wide list of shared tasks (Celery 5.7
+warns DuplicateTaskNameWarning about each of them).
+"""
 
 from __future__ import annotations
 
@@ -22,33 +28,33 @@ app.conf.update(
 )
 
 
-@app.task(name="seen")
+@app.task(name="seen", shared=False)
 def seen(tag=None):
     return ps.seen(tag)
 
 
-@app.task(name="set_then_seen")
+@app.task(name="set_then_seen", shared=False)
 def set_then_seen(tag=None):
     return ps.set_then_seen(tag)
 
 
-@app.task(name="fail")
+@app.task(name="fail", shared=False)
 def fail(message):
     ps.fail(message)
 
 
-@app.task(name="collect")
+@app.task(name="collect", shared=False)
 def collect(results):
     """A chord body: what each header task saw, plus what the body itself sees."""
     return {"header": results, "body": ps.seen("body")}
 
 
-@app.task(name="runs_counted")
+@app.task(name="runs_counted", shared=False)
 def runs_counted(path):
     return ps.runs_counted(path)
 
 
-@app.task(name="gathered")
+@app.task(name="gathered", shared=False)
 def gathered(key, count, tag=None):
     """Wait until ``count`` tasks under ``key`` run at once, then report what each sees.
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -90,3 +92,33 @@ def no_internet(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(socket, "getaddrinfo", local_only)
     return attempts
+
+
+# --- the Celery runner tests (tests/test_runner_celery*.py) ----------------------------
+# Imported when a test asks: redis_support, otlp_receiver and celery_support need what
+# a light venv may lack (opentelemetry-proto, celery), and those modules skip without it.
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[str]:
+    """The URL of a real ``redis-server`` on 127.0.0.1 (a free port), one a module."""
+    from redis_support import redis_url
+
+    yield from redis_url()
+
+
+@pytest.fixture(scope="module")
+def otlp() -> Iterator[Any]:
+    """A real OTLP/HTTP receiver (otlp_receiver.Receiver), one a module."""
+    from otlp_receiver import receiver
+
+    yield from receiver()
+
+
+@pytest.fixture
+def app(redis: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """tests/celery_app.py imported against ``redis``; closed and the values reset after."""
+    from celery_support import imported_app
+
+    with imported_app(redis, monkeypatch) as module:
+        yield module

@@ -19,16 +19,11 @@ pytest.importorskip(
 )
 
 from activation_support import CTXRELAY, base_env, run
-from otlp_receiver import Receiver, receiver
+from otlp_receiver import Receiver
 
 TESTS = Path(__file__).resolve().parent
 ENGINES = ["process_pool", "multiprocessing"]
 TASKS = 12  # per start method: a PPE task, a failing one, a Pool task, a Process
-
-
-@pytest.fixture(scope="module")
-def otlp():
-    yield from receiver()
 
 
 def _app(otlp: Receiver, command: list[str], **env: str) -> dict:

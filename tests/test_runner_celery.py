@@ -15,11 +15,6 @@ thread, its monkey-patching after start-up) are in tests/test_runner_celery_geve
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -28,87 +23,9 @@ pytest.importorskip("redis")
 
 import ctxrelay  # noqa: E402
 import process_support as ps  # noqa: E402
-from activation_support import base_env  # noqa: E402
-from otlp_receiver import Receiver, receiver  # noqa: E402
-from redis_support import redis_url  # noqa: E402
+from celery_support import TIMEOUT, Worker  # noqa: E402
 
-TESTS = Path(__file__).resolve().parent
-CELERY = Path(sys.executable).parent / "celery"
 POOLS = ["prefork", "threads", "solo", "gevent"]
-TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def redis():
-    yield from redis_url()
-
-
-@pytest.fixture(scope="module")
-def otlp():
-    yield from receiver()
-
-
-@pytest.fixture
-def app(redis, monkeypatch):
-    monkeypatch.setenv("CTXRELAY_TEST_REDIS", redis)
-    sys.modules.pop("celery_app", None)
-    import celery_app
-
-    yield celery_app
-    celery_app.app.close()
-    sys.modules.pop("celery_app", None)
-
-
-@pytest.fixture(autouse=True)
-def _reset_vars():
-    yield
-    ps.reset_all()
-
-
-class Worker:
-    def __init__(
-        self,
-        redis: str,
-        pool: str,
-        otlp: Receiver,
-        activated: bool,
-        log: Path,
-        concurrency: int = 1,
-        **extra: str,
-    ):
-        env = base_env(
-            otlp.env(),
-            PYTHONPATH=str(TESTS),
-            CTXRELAY_TEST_REDIS=redis,
-            OTEL_SERVICE_NAME="celery-worker",
-            CTXRELAY_PROCESS_VARS=ps.ENV_DECLARED,
-            **extra,
-        )
-        if activated:
-            env["CTXRELAY_ENABLED"] = "1"
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [str(CELERY), "-A", "celery_app", "worker", "-P", pool, "-c", str(concurrency),
-                 "--without-gossip", "--without-mingle", "--without-heartbeat",
-                 "-l", "info", "-n", f"w-{pool}-{int(activated)}@%h"],
-                cwd=TESTS, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + TIMEOUT
-        while b"ready." not in log.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # warm shutdown, as a supervisor does
-            try:
-                self.proc.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=TIMEOUT)
 
 
 def _round(app, tracer) -> dict:

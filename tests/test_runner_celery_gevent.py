@@ -20,7 +20,6 @@ activated (``CTXRELAY_ENABLED=1``, ``CTXRELAY_PROCESS_VARS``).
 from __future__ import annotations
 
 import re
-import sys
 import uuid
 
 import pytest
@@ -31,33 +30,9 @@ pytest.importorskip("gevent", reason="gevent is not installed (the frameworks ex
 
 import ctxrelay
 import process_support as ps
-from otlp_receiver import receiver
-from redis_support import redis_url
-from test_runner_celery import TIMEOUT, Worker
+from celery_support import TIMEOUT, Worker
 
 SUBMITTERS = 4
-
-
-@pytest.fixture(scope="module")
-def redis():
-    yield from redis_url()
-
-
-@pytest.fixture(scope="module")
-def otlp():
-    yield from receiver()
-
-
-@pytest.fixture
-def app(redis, monkeypatch):
-    monkeypatch.setenv("CTXRELAY_TEST_REDIS", redis)
-    sys.modules.pop("celery_app", None)
-    import celery_app
-
-    yield celery_app
-    celery_app.app.close()
-    sys.modules.pop("celery_app", None)
-    ps.reset_all()
 
 
 def _concurrent_round(app, tracer) -> dict:

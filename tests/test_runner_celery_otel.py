@@ -11,7 +11,6 @@ span (no double spans), and every task runs once with the same result.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,37 +24,18 @@ otel_celery = pytest.importorskip(
 
 import ctxrelay  # noqa: E402
 import process_support as ps  # noqa: E402
-from otlp_receiver import receiver  # noqa: E402
-from redis_support import redis_url  # noqa: E402
-from test_runner_celery import TIMEOUT, Worker  # noqa: E402
+from celery_support import TIMEOUT, Worker  # noqa: E402
 
 POOLS = ["prefork", "solo"]
 
 
-@pytest.fixture(scope="module")
-def redis():
-    yield from redis_url()
-
-
-@pytest.fixture(scope="module")
-def otlp():
-    yield from receiver()
-
-
 @pytest.fixture
-def app(redis, monkeypatch):
-    monkeypatch.setenv("CTXRELAY_TEST_REDIS", redis)
-    monkeypatch.delenv("CTXRELAY_TEST_OTEL_CELERY", raising=False)
-    sys.modules.pop("celery_app", None)
-    import celery_app
-
+def app(app):
+    """conftest's app, with OpenTelemetry's Celery instrumentation on here (the publisher)."""
     instrumentor = otel_celery.CeleryInstrumentor()
-    instrumentor.instrument()  # the publisher's side
-    yield celery_app
+    instrumentor.instrument()
+    yield app
     instrumentor.uninstrument()
-    celery_app.app.close()
-    sys.modules.pop("celery_app", None)
-    ps.reset_all()
 
 
 def _round(app, tracer, count_file: Path) -> dict:

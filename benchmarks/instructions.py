@@ -44,7 +44,8 @@ sys.path.insert(0, str(HERE))
 
 #: scenario -> (operations at n, configurations it is measured under)
 SCENARIOS: dict[str, tuple[int, tuple[str, ...]]] = {
-    # ThreadPoolExecutor(1): submit + run of a no-op task (the CPU cost of a pool hop)
+    # ThreadPoolExecutor(1): submit + run of a no-op task (the CPU cost of a pool hop),
+    # the n tasks queued behind a gate, then run
     "pool_hop": (2_000, ("bare", "off", "sampled", "unsampled", "otel")),
     # Thread(target=noop).start(); join()
     "thread": (300, ("bare", "off", "sampled", "otel")),
@@ -169,6 +170,7 @@ def _bench_vars_module() -> Path:
 
 
 def _child(config: str, scenario: str, n: int) -> None:
+    import gc
     import threading
 
     if scenario.startswith("task_"):
@@ -188,8 +190,18 @@ def _child(config: str, scenario: str, n: int) -> None:
     if scenario == "pool_hop":
         with ThreadPoolExecutor(1) as pool:
             pool.submit(noop).result()  # the worker exists before counting starts
+            # The worker waits at a gate while the n tasks are queued, then drains them
+            # without going to sleep in between: how often a worker racing the submits
+            # sleeps and wakes depends on the scheduling, and moved the count by
+            # ±8,000 per task between identical runs.  The collector is off: with n
+            # tasks queued at once its passes grow faster than n, and the garbage it
+            # has to look at per queued task is measured in time by run.py's TPE(8).
+            gc.disable()
+            gate = threading.Event()
+            pool.submit(gate.wait)
             for _ in range(n):
                 pool.submit(noop)
+            gate.set()
     elif scenario == "thread":
         for _ in range(n):
             thread = threading.Thread(target=noop)

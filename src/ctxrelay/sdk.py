@@ -700,14 +700,15 @@ class _LazyBatchProcessor(SpanProcessor):
 class _ExitBatch:
     """The processor of a first span that ends once the interpreter refuses new threads.
 
-    From 3.12 ``threading._shutdown()`` (which ``Py_FinalizeEx`` runs before the atexit
-    handlers) leaves no way to start the batch processor's thread: "can't create new
-    thread at interpreter shutdown".  The SDK's provider, whose own atexit shutdown runs
-    after every handler registered later, would have exported such a span from its
-    thread; here the spans are kept and exported in one batch by that shutdown (one
-    request, one exporter timeout, however many spans end at exit), in the exiting
-    thread.  Only for exporters that bound their own export (:meth:`wanted`): with no
-    thread there is nothing else to bound it, and an exit must not hang.
+    On 3.12 (3.12.1 read; 3.13 starts threads there again) ``threading._shutdown()``,
+    which ``Py_FinalizeEx`` runs before the atexit handlers, leaves no way to start the
+    batch processor's thread: "can't create new thread at interpreter shutdown".  The
+    SDK's provider, whose own atexit shutdown runs after every handler registered later,
+    would have exported such a span from its thread; here the spans are kept and
+    exported in one batch by that shutdown (one request, one exporter timeout, however
+    many spans end at exit), in the exiting thread.  Only for exporters that bound their
+    own export (:meth:`wanted`): with no thread there is nothing else to bound it, and
+    an exit must not hang.
     """
 
     #: Exporters that bound their export: ctxrelay's tree and the SDK's console write to
